@@ -1,0 +1,617 @@
+"""Streaming ingest of raw click logs into typed Parquet partitions.
+
+One source file becomes one partition folder under ``<root>/ingested/<dataset>/<name>/``:
+
+- ``data-<token>.parquet``: the accepted rows, typed as :mod:`fae_data.schema` says;
+- ``rejects-<token>.parquet``: every refused line with source, line number, reason and the
+  raw bytes (the quarantine);
+- ``_partition.json``: the commit marker, written last. A partition without it does not
+  exist. It records the source checksum, so re-ingesting an unchanged source is a no-op.
+
+The source is read in blocks that end at a newline, so memory is bounded by the block size
+whatever the file size (Criteo Terabyte day files are ~45 GB). For every partition
+``rows_in == rows_ok + rows_rejected``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import posixpath
+import re
+import threading
+import uuid
+import zlib
+from collections import Counter
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from queue import Full, Queue
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import fsspec
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from fae_data import __version__, schema
+from fae_data.errors import InputError
+from fae_data.parse import finish_fast, parser_types, type_rows
+from fae_data.rawlines import (
+    LineSpans,
+    count_lines,
+    line_spans,
+    read_blocks,
+    screen_block,
+    screen_reason,
+)
+from fae_data.schema import RawFormat
+from fae_data.storage import Storage, file_sha256
+
+log = logging.getLogger(__name__)
+
+PARTITION_FORMAT = "fae.partition/v1"
+PARTITION_MARKER = "_partition.json"
+INGESTED_DIR = "ingested"
+_GZIP_MAGIC = b"\x1f\x8b"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$")
+#: A refused first field that looks like a column name ("label", "user_id") marks a header.
+_HEADER_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: When the first block of a file is mostly refused, the file is not of this kind at all.
+_JUNK_FRACTION = 0.5
+#: Blocks being parsed at once (the machine this targets has 2 cores).
+_IN_FLIGHT = 2
+#: Bytes Arrow's CSV number conversion strips around a value.
+_ARROW_TRIMS = (b" ", b"\t")
+_DICTIONARY_MAX_DISTINCT = 0.1
+
+ProgressFn = Callable[[int, int], None]  # (raw bytes read so far, rows so far)
+
+
+@dataclass(frozen=True)
+class IngestParams:
+    """Parameters of one ingest; the CLI and DAG Params are built from these fields."""
+
+    kind: str
+    max_reject_fraction: float = 0.01
+    block_bytes: int = 32 << 20
+    compression: str = "zstd"
+
+    def __post_init__(self) -> None:
+        schema.raw_format(self.kind)
+        if not 0.0 <= self.max_reject_fraction <= 1.0:
+            raise InputError(
+                f"max_reject_fraction ({self.max_reject_fraction}) must be between 0 and 1"
+            )
+        if self.block_bytes < 1 << 16:
+            raise InputError(f"block_bytes ({self.block_bytes}) must be at least 65536")
+
+
+@dataclass(frozen=True)
+class PartitionResult:
+    """What one ingest did to one partition."""
+
+    dataset: str
+    partition: str
+    source: str
+    status: str  # "written" | "replaced" | "unchanged"
+    rows_in: int
+    rows_ok: int
+    rows_rejected: int
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+    sha256: str = ""
+    path: str = ""
+
+
+def partition_name(source: str) -> str:
+    """Default partition name of a source: its file name without .gz/.tsv/.csv/.txt."""
+    name = posixpath.basename(source.rstrip("/"))
+    for suffix in (".gz", ".tsv", ".csv", ".txt"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return check_name(name, "partition")
+
+
+def check_name(name: str, what: str) -> str:
+    """Refuse names that could escape the storage root or confuse listings."""
+    if not _NAME_RE.match(name):
+        raise InputError(
+            f"{what} name {name!r} is not allowed: use letters, digits and _ . = - "
+            "(starting with a letter or digit)"
+        )
+    return name
+
+
+def partition_dir(dataset: str, partition: str) -> tuple[str, str, str]:
+    return (INGESTED_DIR, dataset, partition)
+
+
+def read_marker(storage: Storage, dataset: str, partition: str) -> dict[str, Any] | None:
+    """The committed ``_partition.json`` of a partition, or None if it has none."""
+    parts = (*partition_dir(dataset, partition), PARTITION_MARKER)
+    if not storage.exists(*parts):
+        return None
+    return dict(storage.read_json(*parts))
+
+
+class _HashingReader:
+    """A read-only stream wrapper that hashes and counts the bytes passing through."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self.hash.update(data)
+        self.count += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+def ingest_source(
+    source: str,
+    storage: Storage,
+    dataset: str,
+    partition: str,
+    params: IngestParams,
+    progress: ProgressFn | None = None,
+) -> PartitionResult:
+    """Ingest one raw file (local path or fsspec URL, plain or gzip) into a partition.
+
+    Raises :class:`InputError` naming the file when the source is missing, empty, not of
+    ``params.kind`` at all, a corrupt gzip stream, or has more refused lines than
+    ``params.max_reject_fraction``; in every such case no partition is (re)written.
+    """
+    fmt = schema.raw_format(params.kind)
+    check_name(dataset, "dataset")
+    check_name(partition, "partition")
+    folder = partition_dir(dataset, partition)
+    try:
+        fs, src_path = fsspec.core.url_to_fs(source)
+        size = fs.size(src_path)
+    except FileNotFoundError:
+        raise InputError(f"{source}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{source}: cannot open ({exc})") from None
+    if size == 0:
+        raise InputError(f"{source}: empty file, expected {fmt.kind} records")
+
+    old = read_marker(storage, dataset, partition)
+    if old is not None and old.get("parser") == _parser_tag(params):
+        digest = file_sha256(fs, src_path)
+        if old.get("source", {}).get("sha256") == digest:
+            log.info("%s: unchanged (sha256 %s), partition kept", source, digest[:12])
+            # A run killed after its commit may have left the replaced files behind.
+            _remove_unreferenced(storage, folder, old)
+            return _result_from_marker(old, source, "unchanged", storage)
+
+    _remove_unreferenced(storage, folder, old)
+    with fs.open(src_path, "rb") as raw:
+        hashing = _HashingReader(raw)
+        stream = _decompressed(raw, hashing)
+        result = _write_partition(stream, hashing, source, storage, dataset, partition, fmt,
+                                  params, progress)
+    status = "written" if old is None else "replaced"
+    marker = _marker(result, params, hashing.hash.hexdigest(), size)
+    storage.write_json_atomic(marker, *folder, PARTITION_MARKER)
+    _remove_unreferenced(storage, folder, marker)
+    return _result_from_marker(marker, source, status, storage)
+
+
+def _decompressed(raw: IO[bytes], hashing: _HashingReader) -> IO[bytes]:
+    """The text stream of a source: gzip is recognised by its magic bytes, not its name."""
+    head = raw.read(2)
+    raw.seek(0)
+    if head == _GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=hashing, mode="rb")  # type: ignore[arg-type]
+    return hashing  # type: ignore[return-value]
+
+
+def _write_partition(
+    stream: IO[bytes],
+    hashing: _HashingReader,
+    source: str,
+    storage: Storage,
+    dataset: str,
+    partition: str,
+    fmt: RawFormat,
+    params: IngestParams,
+    progress: ProgressFn | None,
+) -> dict[str, Any]:
+    folder = partition_dir(dataset, partition)
+    # Fresh names per run: nothing refers to them until the marker is replaced, so a
+    # crash at any point leaves the previous partition (or none) intact.
+    token = uuid.uuid4().hex[:16]
+    data_name = f"data-{token}.parquet"
+    rejects_name = f"rejects-{token}.parquet"
+    rows_in = rows_ok = rows_rejected = 0
+    reasons: Counter[str] = Counter()
+    first_line = 1
+    try:
+        with storage.open_write(*folder, data_name) as data_f, storage.open_write(
+            *folder, rejects_name
+        ) as rej_f:
+            data_w: pq.ParquetWriter | None = None
+            rej_w = pq.ParquetWriter(rej_f, schema.REJECTS_SCHEMA, compression=params.compression)
+            try:
+                for typed, rejects, num_lines in _processed_blocks(stream, source, fmt, params):
+                    if first_line == 1:
+                        _refuse_foreign(source, fmt, num_lines, rejects)
+                    rows_in += num_lines
+                    rows_ok += typed.num_rows
+                    rows_rejected += rejects.num_rows
+                    reasons.update(_reason_codes(rejects))
+                    if data_w is None:
+                        data_w = pq.ParquetWriter(
+                            data_f,
+                            fmt.schema,
+                            compression=params.compression,
+                            use_dictionary=_dictionary_columns(typed),
+                        )
+                    if typed.num_rows:
+                        data_w.write_table(typed)
+                    if rejects.num_rows:
+                        rej_w.write_table(rejects)
+                    first_line += num_lines
+                    if progress is not None:
+                        progress(hashing.count, rows_in)
+            finally:
+                if data_w is None:  # no block at all: still leave a valid empty file
+                    data_w = pq.ParquetWriter(data_f, fmt.schema)
+                data_w.close()
+                rej_w.close()
+        if rows_in == 0:
+            raise InputError(f"{source}: no records found, expected {fmt.kind} lines")
+        if rows_in != rows_ok + rows_rejected:  # an internal invariant, never user input
+            raise RuntimeError(f"{source}: row accounting broke ({rows_in} != "
+                               f"{rows_ok} + {rows_rejected})")
+        fraction = rows_rejected / rows_in
+        if fraction > params.max_reject_fraction:
+            raise InputError(
+                f"{source}: {rows_rejected} of {rows_in} lines refused "
+                f"({fraction:.2%}), above the allowed {params.max_reject_fraction:.2%} "
+                f"(--max-reject-fraction); most common: {_top_reasons(reasons)}. "
+                "Nothing was written for this partition."
+            )
+    except BaseException:
+        storage.remove(*folder, data_name)
+        storage.remove(*folder, rejects_name)
+        raise
+    return {
+        "dataset": dataset,
+        "partition": partition,
+        "source": source,
+        "data": data_name,
+        "rejects": rejects_name,
+        "rows_in": rows_in,
+        "rows_ok": rows_ok,
+        "rows_rejected": rows_rejected,
+        "reject_reasons": dict(sorted(reasons.items())),
+    }
+
+
+def _processed_blocks(
+    stream: IO[bytes], source: str, fmt: RawFormat, params: IngestParams
+) -> Iterator[tuple[pa.Table, pa.Table, int]]:
+    """Process blocks on a small thread pool, yielding results in file order.
+
+    A reader thread reads (and, through the hashing wrapper, checksums) the source while
+    the pool parses and types earlier blocks and the caller writes finished ones. Arrow,
+    numpy, hashlib and file I/O release the GIL, so the stages overlap. At most about
+    ``2 * _IN_FLIGHT`` blocks are held at once, which bounds memory whatever the file size.
+    """
+    blocks: Queue[tuple[bytes, int] | BaseException | None] = Queue(maxsize=_IN_FLIGHT)
+    stop = threading.Event()
+
+    def put(item: tuple[bytes, int] | BaseException | None) -> bool:
+        # Every put gives up once the consumer has stopped: a blocking put of the end
+        # marker into a full queue nobody drains would hang the consumer's join forever.
+        while not stop.is_set():
+            try:
+                blocks.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def read() -> None:
+        first_line = 1
+        try:
+            for block in _blocks(stream, source, params.block_bytes):
+                item = (block, first_line)
+                first_line += count_lines(block)
+                if not put(item):
+                    return
+            put(None)
+        except BaseException as exc:  # handed to the consuming thread
+            put(exc)
+
+    reader = threading.Thread(target=read, name="fae-ingest-read", daemon=True)
+    reader.start()
+    pending: deque[Future[tuple[pa.Table, pa.Table, int]]] = deque()
+    try:
+        with ThreadPoolExecutor(_IN_FLIGHT, thread_name_prefix="fae-ingest") as pool:
+            try:
+                while (item := blocks.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    pending.append(pool.submit(_process_block, *item, source, fmt))
+                    if len(pending) >= _IN_FLIGHT:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:
+                for fut in pending:
+                    fut.cancel()
+    finally:
+        stop.set()
+        reader.join()
+
+
+def _dictionary_columns(first: pa.Table) -> list[str]:
+    """Columns worth Parquet dictionary encoding, judged on the first block.
+
+    Dictionary-encoding a column of mostly distinct ids costs time and gains nothing
+    (the writer falls back to plain encoding after filling its dictionary page).
+    """
+    if first.num_rows < 1000:
+        return list(first.column_names)
+    limit = _DICTIONARY_MAX_DISTINCT * first.num_rows
+    return [
+        name
+        for name in first.column_names
+        if pc.count_distinct(first.column(name)).as_py() <= limit
+    ]
+
+
+def _blocks(stream: IO[bytes], source: str, block_bytes: int) -> Iterator[bytes]:
+    try:
+        yield from read_blocks(stream, block_bytes)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise InputError(
+            f"{source}: corrupt or truncated gzip stream ({exc}); re-copy the file. "
+            "Nothing was written for this partition."
+        ) from None
+
+
+_PARSE = pacsv.ParseOptions
+_READ = pacsv.ReadOptions
+
+
+def _arrow_parse(buffer: bytes, fmt: RawFormat, types: dict[str, pa.DataType]) -> pa.Table:
+    """Parse ASCII lines with Arrow's multi-threaded CSV parser (no quoting: raw logs
+    have none, so a quote is just a character that will fail a value check)."""
+    return pacsv.read_csv(
+        pa.py_buffer(buffer),
+        read_options=_READ(column_names=list(fmt.columns), block_size=8 << 20),
+        parse_options=_PARSE(
+            delimiter=fmt.delimiter.decode(),
+            quote_char=False,
+            double_quote=False,
+            escape_char=False,
+            newlines_in_values=False,
+            ignore_empty_lines=False,
+        ),
+        convert_options=pacsv.ConvertOptions(
+            column_types=types,
+            null_values=[""],
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+            check_utf8=False,  # only ASCII buffers are parsed
+        ),
+    )
+
+
+def _text_types(fmt: RawFormat) -> dict[str, pa.DataType]:
+    return {c: pa.string() for c in fmt.columns}
+
+
+def _process_block(
+    block: bytes, first_line: int, source: str, fmt: RawFormat
+) -> tuple[pa.Table, pa.Table, int]:
+    """Parse, check and type one block. Returns (typed rows, rejects, lines in block)."""
+    fast = _fast_typed(block, fmt)
+    if fast is not None:
+        return fast, schema.REJECTS_SCHEMA.empty_table(), fast.num_rows
+    text = _fast_text(block, fmt)
+    lines: list[int] = []
+    reasons: list[str] = []
+    raws: list[bytes] = []
+    if text is not None:
+        num_lines = text.height
+        good_idx = None
+        spans: LineSpans | None = None
+    else:
+        screened = screen_block(block, fmt.delimiter, fmt.num_fields)
+        num_lines = screened.num_lines
+        spans = screened.spans
+        for i in np.flatnonzero(~screened.good).tolist():
+            lines.append(first_line + i)
+            reasons.append(screen_reason(block, screened, i, fmt.delimiter, fmt.num_fields))
+            raws.append(spans.raw(block, i))
+        good_idx = np.flatnonzero(screened.good)
+        text = (
+            _as_polars(_arrow_parse(screened.parse_buffer, fmt, _text_types(fmt)))
+            if good_idx.size
+            else None
+        )
+        if text is not None and text.height != good_idx.size:
+            raise InputError(
+                f"{source}: lines {first_line}..{first_line + num_lines - 1}: the CSV "
+                f"parser saw {text.height} records in {good_idx.size} screened lines"
+            )
+
+    if text is not None:
+        typed_df, faults = type_rows(text, fmt)
+        if faults.height:
+            spans = spans if spans is not None else line_spans(block)
+            for row, reason in faults.iter_rows():
+                i = int(good_idx[row]) if good_idx is not None else row
+                lines.append(first_line + i)
+                reasons.append(reason)
+                raws.append(spans.raw(block, i))
+        typed = typed_df.to_arrow().cast(fmt.schema)
+    else:
+        typed = fmt.schema.empty_table()
+
+    order = np.argsort(np.asarray(lines, dtype=np.int64), kind="stable")
+    rejects = pa.table(
+        {
+            "source": pa.array([source] * len(lines), pa.string()),
+            "line": pa.array(np.asarray(lines, dtype=np.int64)[order], pa.int64()),
+            "reason": pa.array([reasons[k] for k in order], pa.string()),
+            "raw": pa.array([raws[k] for k in order], pa.binary()),
+        },
+        schema=schema.REJECTS_SCHEMA,
+    )
+    return typed, rejects, num_lines
+
+
+def _fast_typed(block: bytes, fmt: RawFormat) -> pa.Table | None:
+    """The common case: a clean ASCII block, typed by Arrow's parser with no row faults.
+
+    Returns None when any line or value needs a per-row verdict.
+    """
+    # Arrow's number parser trims spaces and tabs around a value, which the checked path
+    # refuses: such blocks go there, so a verdict never depends on the rest of the block.
+    if not block.isascii() or any(c in block for c in _ARROW_TRIMS if c != fmt.delimiter):
+        return None
+    try:
+        table = _arrow_parse(block, fmt, parser_types(fmt))
+    except pa.ArrowInvalid:
+        return None
+    if table.num_rows != count_lines(block):
+        return None
+    return finish_fast(table, fmt)
+
+
+def _fast_text(block: bytes, fmt: RawFormat) -> pl.DataFrame | None:
+    """The common case: an ASCII block the CSV parser takes whole, one record per line.
+
+    Returns None when the block needs line-by-line screening (non-ASCII bytes, a wrong
+    field count somewhere, or stray carriage returns that split records).
+    """
+    if not _plain_ascii(block, fmt):
+        return None
+    try:
+        table = _arrow_parse(block, fmt, _text_types(fmt))
+    except pa.ArrowInvalid:
+        return None
+    if table.num_rows != count_lines(block):
+        return None
+    return _as_polars(table)
+
+
+def _plain_ascii(block: bytes, fmt: RawFormat) -> bool:
+    """True when ``block`` is ASCII with no control byte but its delimiters, LFs and the
+    CRs of CRLF endings.
+
+    Other blocks are screened, so a line with a control character gets the same reason
+    ("control character ...") whichever other lines share its block.
+    """
+    if not block.isascii():
+        return False
+    arr = np.frombuffer(block, dtype=np.uint8)
+    allowed = block.count(b"\n") + block.count(b"\r\n")
+    if fmt.delimiter[0] < 0x20:
+        allowed += block.count(fmt.delimiter)
+    return int(np.count_nonzero(arr < 0x20)) == allowed
+
+
+def _as_polars(table: pa.Table) -> pl.DataFrame:
+    df = pl.from_arrow(table)
+    assert isinstance(df, pl.DataFrame)
+    return df
+
+
+def _refuse_foreign(source: str, fmt: RawFormat, num_lines: int, rejects: pa.Table) -> None:
+    """Fail fast on a file that is not of this kind at all (header, binary, other format)."""
+    if rejects.num_rows == 0:
+        return
+    first = rejects.slice(0, 1).to_pylist()[0]
+    if first["line"] == 1:
+        head = first["raw"].split(fmt.delimiter)[0].decode("utf-8", "replace")
+        if _HEADER_NAME_RE.match(head.strip()):
+            raise InputError(
+                f"{source}:1: looks like a header row ({head!r}...); {fmt.kind} files have "
+                "no header. Remove the first line and ingest again."
+            )
+    if rejects.num_rows > _JUNK_FRACTION * num_lines:
+        raise InputError(
+            f"{source}: not a {fmt.kind} file: {rejects.num_rows} of the first "
+            f"{num_lines} lines are malformed (line {first['line']}: "
+            f"{first['reason']})"
+        )
+
+
+def _reason_codes(rejects: pa.Table) -> Counter[str]:
+    """Group reasons by their kind ("C3 (field 17): expected ..." -> "C3: bad value")."""
+    codes: Counter[str] = Counter()
+    for reason in rejects.column("reason").to_pylist():
+        if reason.startswith("expected ") and "fields" in reason:
+            codes["field count"] += 1
+        elif "(field " in reason:
+            codes[reason.split(" (field ", 1)[0] + ": bad value"] += 1
+        else:
+            codes[reason.split(" at column", 1)[0]] += 1
+    return codes
+
+
+def _top_reasons(reasons: Counter[str], n: int = 3) -> str:
+    return ", ".join(f"{code} x{count}" for code, count in reasons.most_common(n))
+
+
+def _parser_tag(params: IngestParams) -> str:
+    return f"{PARTITION_FORMAT}|{params.kind}|{params.compression}"
+
+
+def _marker(written: dict[str, Any], params: IngestParams, sha: str, size: int) -> dict[str, Any]:
+    return {
+        "format": PARTITION_FORMAT,
+        "parser": _parser_tag(params),
+        "producer": {"name": "fae-data", "version": __version__},
+        "kind": params.kind,
+        **{k: v for k, v in written.items() if k != "source"},
+        "source": {"url": written["source"], "sha256": sha, "bytes": size},
+    }
+
+
+def _result_from_marker(
+    marker: dict[str, Any], source: str, status: str, storage: Storage
+) -> PartitionResult:
+    return PartitionResult(
+        dataset=marker["dataset"],
+        partition=marker["partition"],
+        source=source,
+        status=status,
+        rows_in=marker["rows_in"],
+        rows_ok=marker["rows_ok"],
+        rows_rejected=marker["rows_rejected"],
+        reject_reasons=dict(marker["reject_reasons"]),
+        sha256=marker["source"]["sha256"],
+        path=storage.display(*partition_dir(marker["dataset"], marker["partition"])),
+    )
+
+
+def _remove_unreferenced(
+    storage: Storage, folder: tuple[str, ...], marker: dict[str, Any] | None
+) -> None:
+    """Delete files the committed marker does not name: leftovers of killed or replaced runs.
+
+    Only one ingest may run per partition at a time (Airflow maps one task per partition).
+    """
+    keep = {PARTITION_MARKER}
+    if marker is not None:
+        keep |= {marker["data"], marker["rejects"]}
+    for name in storage.listdir(*folder):
+        if name not in keep:
+            storage.remove(*folder, name)

@@ -1,0 +1,143 @@
+"""One place for reading and writing files, local or on an object store (fsspec).
+
+Everything that touches the storage root goes through :class:`Storage`, so the rest of the
+library is indifferent to whether the root is ``/data/fae`` or ``s3://bucket/fae``.
+
+Atomicity: on a local filesystem a file is written under a temporary name in the same
+folder and moved into place with ``os.replace`` (atomic on POSIX). On an object store a
+single PUT is atomic by itself, so the object is written in place. Multi-file results are
+committed by writing one small marker object last (a partition's ``_partition.json``, a
+layout's ``manifest.json``); readers look for the marker first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from typing import IO, Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from fae_data.errors import StorageError
+
+_HASH_BLOCK = 8 << 20
+
+
+class Storage:
+    """A storage root: a local folder or an fsspec URL such as ``s3://bucket/prefix``."""
+
+    def __init__(self, root: str | os.PathLike[str], **storage_options: Any) -> None:
+        root_str = os.fspath(root)
+        self.fs, path = fsspec.core.url_to_fs(root_str, **storage_options)
+        self.root = path.rstrip("/") or "/"
+        self.url = root_str
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+
+    # -- paths -----------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        """The full filesystem path of ``parts`` joined under the root."""
+        return posixpath.join(self.root, *parts)
+
+    def display(self, *parts: str) -> str:
+        """A path for messages: a URL for object stores, a plain path locally."""
+        p = self.path(*parts)
+        return p if self.is_local else f"{self.fs.unstrip_protocol(p)}"
+
+    # -- reading ---------------------------------------------------------------------
+    def exists(self, *parts: str) -> bool:
+        return bool(self.fs.exists(self.path(*parts)))
+
+    def read_bytes(self, *parts: str) -> bytes:
+        try:
+            with self.fs.open(self.path(*parts), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise StorageError(f"{self.display(*parts)}: no such file") from None
+        except OSError as exc:
+            raise StorageError(f"{self.display(*parts)}: cannot read ({exc})") from None
+
+    def read_json(self, *parts: str) -> Any:
+        raw = self.read_bytes(*parts)
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StorageError(f"{self.display(*parts)}: not valid JSON ({exc})") from None
+
+    def listdir(self, *parts: str) -> list[str]:
+        """Names (not paths) directly under ``parts``; empty if the folder is missing."""
+        p = self.path(*parts)
+        try:
+            entries = self.fs.ls(p, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
+
+    def sha256(self, *parts: str) -> str:
+        return file_sha256(self.fs, self.path(*parts))
+
+    # -- writing ---------------------------------------------------------------------
+    def makedirs(self, *parts: str) -> None:
+        if self.is_local:
+            self.fs.makedirs(self.path(*parts), exist_ok=True)
+
+    def open_write(self, *parts: str) -> IO[bytes]:
+        """Open ``parts`` for plain binary writing (callers commit it by a marker)."""
+        p = self.path(*parts)
+        if self.is_local:
+            os.makedirs(posixpath.dirname(p), exist_ok=True)
+        try:
+            return self.fs.open(p, "wb")  # type: ignore[no-any-return]
+        except OSError as exc:
+            raise StorageError(f"{self.display(*parts)}: cannot write ({exc})") from None
+
+    @contextlib.contextmanager
+    def open_atomic(self, *parts: str) -> Iterator[IO[bytes]]:
+        """Open ``parts`` for binary writing; the file appears only if the block succeeds."""
+        final = self.path(*parts)
+        if not self.is_local:
+            with self.fs.open(final, "wb") as f:
+                yield f
+            return
+        folder = posixpath.dirname(final)
+        os.makedirs(folder, exist_ok=True)
+        tmp = posixpath.join(folder, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(final)}")
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
+
+    def write_bytes_atomic(self, data: bytes, *parts: str) -> None:
+        with self.open_atomic(*parts) as f:
+            f.write(data)
+
+    def write_json_atomic(self, obj: Any, *parts: str) -> None:
+        self.write_bytes_atomic(
+            (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), *parts
+        )
+
+    def remove(self, *parts: str, recursive: bool = False) -> None:
+        """Remove a file or folder; a missing one is not an error."""
+        p = self.path(*parts)
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(p, recursive=recursive)
+
+
+def file_sha256(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """Hex sha256 of the bytes of ``path`` on ``fs`` (as stored, not decompressed)."""
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            h.update(block)
+    return h.hexdigest()

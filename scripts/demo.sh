@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# README command 1: set up and run the whole pipeline on synthetic data (no Airflow, no GPU).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh dev
+exec .venv/bin/fae demo "$@"
