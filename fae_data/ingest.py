@@ -182,6 +182,8 @@ def ingest_source(
         raise InputError(f"{source}: no such file") from None
     except (OSError, ValueError) as exc:
         raise InputError(f"{source}: cannot open ({exc})") from None
+    if fs.isdir(src_path):
+        raise InputError(f"{source}: is a folder, expected one {fmt.kind} file")
     if size == 0:
         raise InputError(f"{source}: empty file, expected {fmt.kind} records")
 
@@ -195,7 +197,11 @@ def ingest_source(
             return _result_from_marker(old, source, "unchanged", storage)
 
     _remove_unreferenced(storage, folder, old)
-    with fs.open(src_path, "rb") as raw:
+    try:
+        source_file = fs.open(src_path, "rb")
+    except OSError as exc:  # unreadable (permissions): a user problem, not a crash
+        raise InputError(f"{source}: cannot open ({exc})") from None
+    with source_file as raw:
         hashing = _HashingReader(raw)
         stream = _decompressed(raw, hashing)
         result = _write_partition(stream, hashing, source, storage, dataset, partition, fmt,
@@ -512,13 +518,17 @@ def _fast_text(block: bytes, fmt: RawFormat) -> pl.DataFrame | None:
 
 
 def _plain_ascii(block: bytes, fmt: RawFormat) -> bool:
-    """True when ``block`` is ASCII with no control byte but its delimiters, LFs and the
-    CRs of CRLF endings.
+    """True when ``block`` is ASCII with no empty line and no control byte but its
+    delimiters, LFs and the CRs of CRLF endings.
 
-    Other blocks are screened, so a line with a control character gets the same reason
-    ("control character ...") whichever other lines share its block.
+    Other blocks are screened, so a line with a control character or an empty line gets
+    the same reason ("control character ...", "expected N fields, found 1") whichever
+    other lines share its block. (Arrow reads an empty line as a record of empty fields;
+    on the fast typed path that record fails the required label or id, so it ends here.)
     """
     if not block.isascii():
+        return False
+    if block.startswith((b"\n", b"\r\n")) or b"\n\n" in block or b"\n\r\n" in block:
         return False
     arr = np.frombuffer(block, dtype=np.uint8)
     allowed = block.count(b"\n") + block.count(b"\r\n")

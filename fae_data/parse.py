@@ -142,7 +142,7 @@ def _fault_reasons(
             flags.select(pl.col(f"{_BAD}{r.name}") for r in rules),
         ],
         how="horizontal",
-    )
+    ).rechunk()  # polars 1.35 panics formatting some multi-chunk string columns
     return pl.DataFrame({"row": rows, "reason": both.select(reason).to_series()})
 
 
