@@ -1,0 +1,87 @@
+"""Access counting: per partition and sparse column, how often each value is looked up.
+
+A partial count is a small table ``(table, value, count)`` for one input partition.
+Partials merge associatively (concatenate, then sum by ``(table, value)``), so Airflow can
+map counting over partitions and many machines can share the work. ``value`` null counts
+the nulls of the column (they map to id 0). List columns (Taobao histories) count every
+element. Several columns may feed one table (a Taobao target item and its history items
+share the item table).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import polars as pl
+
+from fae_data.errors import InputError
+
+COUNT_SCHEMA = {"table": pl.String, "value": pl.UInt32, "count": pl.UInt64}
+_U64 = 2**64
+
+
+def sample_mask(n: int, offset: int, rate: float, seed: int) -> pl.Series | None:
+    """A seeded Bernoulli sample of ``n`` rows starting at row ``offset`` of a partition.
+
+    Each row is kept with probability ``rate``; the decision hashes the row's position in
+    its partition with the seed, so it is the same on every run, machine and chunking.
+    Returns None for ``rate`` 1.0 (keep everything).
+    """
+    if not 0.0 < rate <= 1.0:
+        raise InputError(f"sampling rate ({rate}) must be in (0, 1]")
+    if rate == 1.0:
+        return None
+    threshold = int(rate * (_U64 - 1))
+    positions = pl.int_range(offset, offset + n, dtype=pl.UInt64, eager=True)
+    return positions.hash(seed) <= threshold
+
+
+def sample_rows(frame: pl.LazyFrame, rate: float, seed: int) -> pl.LazyFrame:
+    """:func:`sample_mask` applied to a whole lazy frame (rows numbered from 0)."""
+    if not 0.0 < rate <= 1.0:
+        raise InputError(f"sampling rate ({rate}) must be in (0, 1]")
+    if rate == 1.0:
+        return frame
+    threshold = int(rate * (_U64 - 1))
+    keep = pl.int_range(pl.len(), dtype=pl.UInt64).hash(seed) <= threshold
+    return frame.filter(keep)
+
+
+def count_values(frame: pl.DataFrame, columns: Mapping[str, str]) -> pl.DataFrame:
+    """Count accesses per ``(table, value)`` over ``columns`` (column name -> table name)
+    of an in-memory chunk. List columns count every element.
+
+    Returns a frame with :data:`COUNT_SCHEMA`, sorted by table then value (nulls first),
+    so equal inputs give byte-identical partial files.
+    """
+    parts = []
+    for column, table in columns.items():
+        if column not in frame.columns:
+            raise InputError(
+                f"column {column!r} not found; available: {', '.join(frame.columns)}"
+            )
+        values = frame.get_column(column)
+        if isinstance(values.dtype, pl.List):
+            values = values.explode()
+        counted = values.cast(pl.UInt32).value_counts(name="count")
+        parts.append(
+            counted.select(
+                pl.lit(table, pl.String).alias("table"),
+                pl.col(column).alias("value"),
+                pl.col("count").cast(pl.UInt64),
+            )
+        )
+    return merge_counts(p.lazy() for p in parts)
+def merge_counts(partials: Iterable[pl.LazyFrame]) -> pl.DataFrame:
+    """Merge partial counts: the sum per ``(table, value)``; order-independent."""
+    frames = [p.select(list(COUNT_SCHEMA)).cast(COUNT_SCHEMA) for p in partials]  # type: ignore[arg-type]
+    if not frames:
+        return pl.DataFrame(schema=COUNT_SCHEMA)
+    return (
+        pl.concat(frames)
+        .group_by("table", "value")
+        .agg(pl.col("count").sum())
+        .sort("table", "value", nulls_last=False)
+        .select(list(COUNT_SCHEMA))
+        .collect()
+    )

@@ -1,0 +1,135 @@
+"""Re-check a published layout against its manifest, independently of how it was built.
+
+Checks: every shard and vocabulary file exists with the recorded size and sha256; every
+shard's row groups are whole minibatches (only a marked last one may be short); shard
+columns match the manifest; ids lie inside their vocabularies; the hot invariant holds
+(every id in a hot shard is below k_t; every cold row has at least one id >= k_t); and
+the row counts add up to the manifest's statistics.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fae_data.manifest import Manifest, ShardRef, type_name
+from fae_data.storage import Storage
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def verify_layout(manifest: Manifest, store: Storage, deep: bool = True) -> list[Check]:
+    """Run every check; ``deep`` also reads the ids of every shard (the hot invariant)."""
+    checks = [_checksums(manifest, store)]
+    checks.append(_vocabularies(manifest, store))
+    checks.append(_batches_and_columns(manifest, store))
+    checks.append(_row_totals(manifest))
+    if deep:
+        checks.append(_hot_invariant(manifest, store))
+    return checks
+
+
+def shard_problem(manifest: Manifest, store: Storage, shard: ShardRef) -> str | None:
+    """Why a shard's file does not match the manifest (size, checksum), or None."""
+    if not store.exists(shard.path):
+        return f"{shard.path}: missing"
+    size = int(store.fs.size(store.path(shard.path)))
+    if size != shard.bytes:
+        return f"{shard.path}: {size} bytes, manifest says {shard.bytes}"
+    digest = store.sha256(shard.path)
+    if digest != shard.sha256:
+        return f"{shard.path}: sha256 {digest[:12]}..., manifest says {shard.sha256[:12]}..."
+    return None
+
+
+def _checksums(m: Manifest, store: Storage) -> Check:
+    problems = [p for s in m.shards if (p := shard_problem(m, store, s))]
+    return Check("shard checksums", not problems,
+                 "; ".join(problems[:5]) or f"{len(m.shards)} shards match")
+
+
+def _vocabularies(m: Manifest, store: Storage) -> Check:
+    problems = []
+    for t in m.tables:
+        if not store.exists(t.vocab_path):
+            problems.append(f"{t.vocab_path}: missing")
+            continue
+        with store.fs.open(store.path(t.vocab_path), "rb") as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+        if rows + 1 != t.vocab_size:
+            problems.append(f"{t.name}: {rows} values + id 0 != vocab_size {t.vocab_size}")
+    return Check("vocabularies", not problems, "; ".join(problems[:5]) or f"{len(m.tables)} tables")
+
+
+def _batches_and_columns(m: Manifest, store: Storage) -> Check:
+    expected = [(c.name, c.type) for c in m.columns]
+    problems = []
+    for s in m.shards:
+        if not store.exists(s.path):
+            continue  # reported by the checksum check
+        with store.fs.open(store.path(s.path), "rb") as f:
+            pf = pq.ParquetFile(f)
+            meta = pf.metadata
+            got = [(fld.name, type_name(fld.type)) for fld in pf.schema_arrow]
+            sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        if got != expected:
+            problems.append(f"{s.path}: columns {got[:3]}... differ from the manifest")
+        if meta.num_rows != s.rows or len(sizes) != s.batches:
+            problems.append(f"{s.path}: {meta.num_rows} rows in {len(sizes)} row groups, "
+                            f"manifest says {s.rows} in {s.batches}")
+        elif sizes and (any(n != m.batch_size for n in sizes[:-1])
+                        or sizes[-1] != s.last_batch_rows):
+            problems.append(f"{s.path}: row groups {sorted(set(sizes))} are not minibatches "
+                            f"of {m.batch_size}")
+    return Check("minibatch alignment and columns", not problems,
+                 "; ".join(problems[:5]) or f"batch size {m.batch_size}")
+
+
+def _row_totals(m: Manifest) -> Check:
+    totals: Counter[str] = Counter()
+    for s in m.shards:
+        totals[f"{s.split}/{s.kind}"] += s.rows
+    stated = {k: v for k, v in m.stats.get("rows_by_split_and_kind", {}).items() if v}
+    ok = dict(totals) == stated
+    return Check("row totals", ok, f"shards {dict(totals)} vs stats {stated}")
+
+
+def _hot_invariant(m: Manifest, store: Storage) -> Check:
+    sparse = [(c.name, c.table) for c in m.columns if c.role == "sparse"]
+    k = {t.name: t.hot_rows for t in m.tables}
+    size = {t.name: t.vocab_size for t in m.tables}
+    problems = []
+    for s in m.shards:
+        if not store.exists(s.path):
+            continue
+        with store.fs.open(store.path(s.path), "rb") as f:
+            table = pq.read_table(f, columns=[c for c, _ in sparse], pre_buffer=False)
+        any_cold = np.zeros(table.num_rows, dtype=bool)
+        for col, t in sparse:
+            arr = table.column(col).combine_chunks()
+            if pa.types.is_list(arr.type):
+                flat = arr.flatten().to_numpy()
+                offs = np.asarray(arr.offsets)
+                cold_cum = np.concatenate(([0], np.cumsum(flat >= k[t])))
+                row_cold = (cold_cum[offs[1:]] - cold_cum[offs[:-1]]) > 0
+                ids = flat
+            else:
+                ids = arr.to_numpy()
+                row_cold = ids >= k[t]
+            if ids.size and int(ids.max()) >= size[t]:
+                problems.append(f"{s.path}: {col} id {int(ids.max())} >= vocab_size {size[t]}")
+            any_cold |= row_cold
+        if s.kind == "hot" and any_cold.any():
+            problems.append(f"{s.path}: {int(any_cold.sum())} rows with an id >= k_t in a hot shard")
+        if s.kind == "cold" and not any_cold.all():
+            problems.append(f"{s.path}: {int((~any_cold).sum())} all-hot rows in a cold shard")
+    return Check("hot invariant", not problems, "; ".join(problems[:5]) or "holds for every shard")

@@ -1,0 +1,104 @@
+"""Frequency-ranked vocabularies: raw value -> id, most frequent value first.
+
+Id 1 is the most accessed value of a table, id 2 the next, ties broken by raw value
+ascending; id 0 stands for null, for values never seen in the training partitions, and
+for values below ``min_count`` or beyond ``max_rows``. Because ids follow frequency, the
+hot rows of a table are the prefix ``[0, k_t)``: the GPU table is a slice, and a new
+budget changes only ``k_t``, never the encoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from fae_data.errors import InputError
+
+VOCAB_SCHEMA = {"value": pl.UInt32, "count": pl.UInt64, "id": pl.UInt32}
+
+
+@dataclass(frozen=True)
+class VocabParams:
+    min_count: int = 1
+    max_rows: int | None = None  # rows per table, id 0 included
+
+    def __post_init__(self) -> None:
+        if self.min_count < 1:
+            raise InputError(f"min_count ({self.min_count}) must be at least 1")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise InputError(f"max_rows ({self.max_rows}) must be at least 1 (row 0)")
+
+
+def build_vocabs(counts: pl.DataFrame, tables: list[str], params: VocabParams) -> dict[str, pl.DataFrame]:
+    """The vocabulary of every table from merged counts: ``(value, count, id)`` by id.
+
+    One sort of all counts (table, count descending, value ascending) ranks every table
+    at once; the id is the rank within the table, starting at 1.
+    """
+    ranked = (
+        counts.lazy()
+        .filter(pl.col("value").is_not_null() & (pl.col("count") >= params.min_count))
+        .sort(["table", "count", "value"], descending=[False, True, False])
+        .with_columns((pl.int_range(pl.len()).over("table") + 1).alias("id"))
+    )
+    if params.max_rows is not None:
+        ranked = ranked.filter(pl.col("id") < params.max_rows)
+    ranked_df = ranked.select(
+        "table",
+        pl.col("value").cast(pl.UInt32),
+        pl.col("count").cast(pl.UInt64),
+        pl.col("id").cast(pl.UInt32),
+    ).collect()
+    by_table = {
+        str(key[0]): frame.drop("table")
+        for key, frame in ranked_df.partition_by("table", as_dict=True, maintain_order=True).items()
+    }
+    empty = pl.DataFrame(schema=VOCAB_SCHEMA)
+    return {t: by_table.get(t, empty) for t in tables}
+
+
+def build_vocab(counts: pl.DataFrame, table: str, params: VocabParams) -> pl.DataFrame:
+    """The vocabulary of one table (see :func:`build_vocabs`)."""
+    return build_vocabs(counts, [table], params)[table]
+
+
+def table_totals(counts: pl.DataFrame) -> dict[str, int]:
+    """All accesses per table (nulls and dropped values included)."""
+    sums = counts.group_by("table").agg(pl.col("count").sum())
+    return {str(t): int(c) for t, c in sums.iter_rows()}
+
+
+def id_counts(total: int, vocab: pl.DataFrame) -> np.ndarray:
+    """Accesses per id (index = id) as int64 for a table with ``total`` accesses:
+    id 0 gets nulls plus every dropped value."""
+    ranked = vocab.get_column("count").to_numpy().astype(np.int64)
+    zero = total - int(ranked.sum())
+    return np.concatenate(([zero], ranked)).astype(np.int64)
+
+
+class Encoder:
+    """Maps raw values of one table to ids with a sorted lookup (vectorised, no hashing
+    order to worry about: the same input always gives the same output)."""
+
+    def __init__(self, vocab: pl.DataFrame) -> None:
+        by_value = vocab.sort("value")
+        self._values = by_value.get_column("value").to_numpy().astype(np.uint32)
+        self._ids = by_value.get_column("id").to_numpy().astype(np.uint32)
+
+    @property
+    def size(self) -> int:
+        """Rows of the embedding table, id 0 included."""
+        return int(self._values.shape[0]) + 1
+
+    def encode(self, values: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Ids of ``values`` (uint32); entries where ``valid`` is False map to 0."""
+        if self._values.size == 0:
+            return np.zeros(values.shape, dtype=np.uint32)
+        pos = np.searchsorted(self._values, values)
+        pos = np.minimum(pos, self._values.size - 1)
+        found = self._values[pos] == values
+        if valid is not None:
+            found &= valid
+        return np.where(found, self._ids[pos], np.uint32(0)).astype(np.uint32)

@@ -1,0 +1,287 @@
+"""Layout end to end against a deliberately naive reference of FAE's rule."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from fae_data import manifest as mf
+from fae_data.errors import InputError, ManifestError, StorageError
+from fae_data.ingest import IngestParams
+from fae_data.schema import CRITEO_DENSE, CRITEO_SPARSE
+from fae_data.synth import write_criteo
+from fae_data.verify import verify_layout
+from pipelines.ingest import run_ingest
+from pipelines.layout import LayoutParams, run_layout
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+# --- the naive reference ---------------------------------------------------------------
+
+
+def naive_rows(path: Path) -> list[tuple]:
+    """Parse a Criteo TSV with plain Python: (label, dense list, raw id list or None)."""
+    rows = []
+    for line in path.read_bytes().split(b"\n"):
+        if not line:
+            continue
+        f = line.rstrip(b"\r").decode().split("\t")
+        dense = [int(x) if x else None for x in f[1:14]]
+        ids = [int(x, 16) if x else None for x in f[14:40]]
+        rows.append((int(f[0]), dense, ids))
+    return rows
+
+
+def naive_vocab(train: list[tuple], table: int, min_count: int = 1) -> dict[int, int]:
+    counts = Counter(r[2][table] for r in train if r[2][table] is not None)
+    ranked = sorted((v for v, c in counts.items() if c >= min_count), key=lambda v: (-counts[v], v))
+    return {v: i + 1 for i, v in enumerate(ranked)}
+
+
+def naive_encode(rows: list[tuple], vocabs: list[dict[int, int]]) -> list[tuple]:
+    out = []
+    for label, dense, ids in rows:
+        d = tuple(round(float(np.float32(np.log1p(max(x, 0)))), 5) if x is not None else 0.0
+                  for x in dense)
+        e = tuple(vocabs[t].get(v, 0) if v is not None else 0 for t, v in enumerate(ids))
+        out.append((label, d, e))
+    return out
+
+
+def shard_rows(layout_dir: Path, m: mf.Manifest, split: str, kind: str) -> list[tuple]:
+    out = []
+    for s in m.shards_of(split, kind):
+        t = pq.read_table(layout_dir / s.path).to_pydict()
+        for i in range(len(t["label"])):
+            out.append((
+                t["label"][i],
+                tuple(round(t[c][i], 5) for c in CRITEO_DENSE),
+                tuple(t[c][i] for c in CRITEO_SPARSE),
+            ))
+    return out
+
+
+def split_days(src: Path, out: Path, days: int) -> list[Path]:
+    lines = src.read_bytes().splitlines(keepends=True)
+    per = -(-len(lines) // days)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for d in range(days):
+        p = out / f"day_{d}.tsv"
+        p.write_bytes(b"".join(lines[d * per:(d + 1) * per]))
+        paths.append(p)
+    return paths
+
+
+def build(root: Path, files: list[Path], **params) -> tuple[mf.Manifest, Path]:
+    run_ingest([str(f) for f in files], str(root), IngestParams("criteo"))
+    result = run_layout(str(root), LayoutParams(**params))
+    return result.manifest, root / "layouts" / result.layout_id
+
+
+@pytest.fixture(scope="module")
+def synthetic_days(tmp_path_factory) -> list[Path]:
+    out = tmp_path_factory.mktemp("raw")
+    return write_criteo(out, rows=6000, days=3, seed=7, scale=0.0005)
+
+
+# --- FAE's rule, checked independently ---------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["real", "synthetic"])
+def test_layout_matches_naive_reference(tmp_path, synthetic_days, source):
+    if source == "real":
+        files = split_days(SHARED / "criteo_1tb_day0_sample8324.tsv", tmp_path / "raw", 3)
+    else:
+        files = synthetic_days
+    m, layout_dir = build(tmp_path / "root", files, budget="64KiB", batch_size=128)
+
+    rows = [naive_rows(f) for f in files]
+    train = rows[0] + rows[1]
+    vocabs = [naive_vocab(train, t) for t in range(26)]
+    # Same vocabularies: sizes and the ranked values.
+    for t, table in enumerate(m.tables):
+        assert table.vocab_size == len(vocabs[t]) + 1
+        got = pq.read_table(layout_dir / table.vocab_path).to_pydict()
+        assert dict(zip(got["value"], got["id"])) == vocabs[t]
+    k = [t.hot_rows for t in m.tables]
+    encoded_train = naive_encode(train, vocabs)
+    hot = [r for r in encoded_train if all(i < k[t] for t, i in enumerate(r[2]))]
+    cold = [r for r in encoded_train if not all(i < k[t] for t, i in enumerate(r[2]))]
+    assert hot and cold, "the budget should give both hot and cold rows"
+    assert Counter(shard_rows(layout_dir, m, "train", "hot")) == Counter(hot)
+    assert Counter(shard_rows(layout_dir, m, "train", "cold")) == Counter(cold)
+    # Val/test: the last day halved, in order, encoded with the training vocabulary.
+    last = naive_encode(rows[2], vocabs)
+    half = len(last) // 2
+    assert shard_rows(layout_dir, m, "val", "all") == last[:half]
+    assert shard_rows(layout_dir, m, "test", "all") == last[half:]
+    assert m.stats["hot_input_fraction"] == pytest.approx(len(hot) / len(encoded_train))
+    # Hot access coverage from the naive counts.
+    total = sum(1 for r in train for v in r[2])  # nulls count as accesses of id 0
+    covered = sum(1 for r in encoded_train for t, i in enumerate(r[2]) if i < k[t])
+    assert m.stats["hot_access_coverage"] == pytest.approx(covered / total)
+    assert all(c.ok for c in verify_layout(*mf.load(str(layout_dir))))
+
+
+def test_min_count_and_max_rows_map_to_zero(tmp_path, synthetic_days):
+    m, layout_dir = build(tmp_path / "root", synthetic_days, budget="64KiB", batch_size=128,
+                          min_count=3, max_rows=50)
+    train = naive_rows(synthetic_days[0]) + naive_rows(synthetic_days[1])
+    for t, table in enumerate(m.tables):
+        ranked = naive_vocab(train, t, min_count=3)
+        capped = {v: i for v, i in ranked.items() if i < 50}
+        assert table.vocab_size == len(capped) + 1
+        got = pq.read_table(layout_dir / table.vocab_path).to_pydict()
+        assert dict(zip(got["value"], got["id"])) == capped
+
+
+def test_minibatch_alignment(tmp_path, synthetic_days):
+    m, layout_dir = build(tmp_path / "root", synthetic_days, budget="64KiB", batch_size=100,
+                          shard_bytes=30_000)
+    assert len(m.shards_of("train", "cold")) > 1, "small shards should roll over"
+    for s in m.shards:
+        meta = pq.ParquetFile(layout_dir / s.path).metadata
+        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        assert all(n == 100 for n in sizes[:-1])
+        assert sizes[-1] == s.last_batch_rows
+    for split, kind in (("train", "hot"), ("train", "cold")):
+        shards = m.shards_of(split, kind)
+        assert all(s.last_batch_rows == 100 for s in shards[:-1]), "only the last may be short"
+
+
+# --- determinism and idempotency -------------------------------------------------------------
+
+
+def test_deterministic_and_rerun_is_noop(tmp_path, synthetic_days):
+    m1, d1 = build(tmp_path / "a", synthetic_days, budget="64KiB", batch_size=128, seed=3)
+    m2, d2 = build(tmp_path / "b", synthetic_days, budget="64KiB", batch_size=128, seed=3)
+    assert m1.layout_id == m2.layout_id
+    for s1, s2 in zip(m1.shards, m2.shards, strict=True):
+        assert (d1 / s1.path).read_bytes() == (d2 / s2.path).read_bytes()
+    mtime = (d1 / "manifest.json").stat().st_mtime_ns
+    again = run_layout(str(tmp_path / "a"), LayoutParams(budget="64KiB", batch_size=128, seed=3))
+    assert again.status == "unchanged"
+    assert (d1 / "manifest.json").stat().st_mtime_ns == mtime
+    other = run_layout(str(tmp_path / "a"), LayoutParams(budget="64KiB", batch_size=128, seed=4))
+    assert other.layout_id != m1.layout_id
+    shuffled = shard_rows(d1, m1, "train", "hot")
+    assert Counter(shard_rows(tmp_path / "a" / "layouts" / other.layout_id, other.manifest,
+                              "train", "hot")) == Counter(shuffled)
+
+
+def test_new_budget_is_a_new_layout_and_latest_moves(tmp_path, synthetic_days):
+    m1, _ = build(tmp_path / "r", synthetic_days, budget="64KiB", batch_size=128)
+    r2 = run_layout(str(tmp_path / "r"), LayoutParams(budget="16KiB", batch_size=128))
+    assert r2.layout_id != m1.layout_id
+    assert (tmp_path / "r" / "layouts" / "LATEST").read_text().strip() == r2.layout_id
+    assert (tmp_path / "r" / "layouts" / m1.layout_id / "manifest.json").exists()
+    assert sum(t.hot_rows for t in r2.manifest.tables) < sum(t.hot_rows for t in m1.tables)
+
+
+# --- crash safety ------------------------------------------------------------------------
+
+
+def test_failure_before_publish_keeps_latest(tmp_path, synthetic_days):
+    m1, _ = build(tmp_path / "r", synthetic_days, budget="64KiB", batch_size=128)
+    latest = tmp_path / "r" / "layouts" / "LATEST"
+    with pytest.raises(StorageError, match="injected"):
+        run_layout(str(tmp_path / "r"), LayoutParams(budget="32KiB", batch_size=128),
+                   fail_after_shards=True)
+    assert latest.read_text().strip() == m1.layout_id
+    done = run_layout(str(tmp_path / "r"), LayoutParams(budget="32KiB", batch_size=128))
+    assert done.status == "published"
+    assert latest.read_text().strip() == done.layout_id
+    assert all(c.ok for c in verify_layout(*mf.load(str(tmp_path / "r"))))
+
+
+def test_failure_while_writing_shards_keeps_latest(tmp_path, synthetic_days, monkeypatch):
+    from fae_data import shard
+
+    m1, _ = build(tmp_path / "r", synthetic_days, budget="64KiB", batch_size=128)
+    calls = {"n": 0}
+    real = shard._Cutter._flush
+
+    def flaky(self, rows):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full (injected)")
+        return real(self, rows)
+
+    monkeypatch.setattr(shard._Cutter, "_flush", flaky)
+    with pytest.raises(OSError, match="injected"):
+        run_layout(str(tmp_path / "r"), LayoutParams(budget="32KiB", batch_size=128))
+    monkeypatch.setattr(shard._Cutter, "_flush", real)
+    assert (tmp_path / "r" / "layouts" / "LATEST").read_text().strip() == m1.layout_id
+    done = run_layout(str(tmp_path / "r"), LayoutParams(budget="32KiB", batch_size=128))
+    assert done.status == "published"
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+def test_missing_partition_and_no_partitions(tmp_path, synthetic_days):
+    with pytest.raises(InputError, match="no ingested partitions"):
+        run_layout(str(tmp_path / "empty"), LayoutParams())
+    run_ingest([str(f) for f in synthetic_days], str(tmp_path / "r"), IngestParams("criteo"))
+    with pytest.raises(InputError, match="day_9.*missing"):
+        run_layout(str(tmp_path / "r"), LayoutParams(partitions=("day_0", "day_9")))
+    with pytest.raises(InputError, match="at least 2 partitions"):
+        run_layout(str(tmp_path / "r"), LayoutParams(partitions=("day_0",)))
+
+
+def test_corrupt_partial_counts(tmp_path, synthetic_days):
+    root = tmp_path / "r"
+    build(root, synthetic_days, budget="64KiB", batch_size=128)
+    for f in (root / "counts").rglob("*.parquet"):
+        f.write_bytes(b"not parquet at all")
+    shutil.rmtree(root / "layouts")
+    with pytest.raises(StorageError, match="corrupt partial count file"):
+        run_layout(str(root), LayoutParams(budget="64KiB", batch_size=128))
+    assert not (root / "layouts" / "LATEST").exists()
+
+
+def test_manifest_pointing_outside_is_refused(tmp_path, synthetic_days):
+    _, layout_dir = build(tmp_path / "r", synthetic_days, budget="64KiB", batch_size=128)
+    path = layout_dir / "manifest.json"
+    for bad in ("../../ingested/criteo/day_0/_partition.json", "/etc/passwd", "s3://x/y"):
+        d = json.loads(path.read_text())
+        d["shards"][0]["path"] = bad
+        path.write_text(json.dumps(d))
+        with pytest.raises(ManifestError, match="not allowed|escapes"):
+            mf.load(str(path))
+
+
+def test_other_format_version_is_refused(tmp_path, synthetic_days):
+    _, layout_dir = build(tmp_path / "r", synthetic_days, budget="64KiB", batch_size=128)
+    path = layout_dir / "manifest.json"
+    d = json.loads(path.read_text())
+    d["format"] = "fae.layout/v0"
+    path.write_text(json.dumps(d))
+    with pytest.raises(ManifestError, match="format 'fae.layout/v0' is not supported"):
+        mf.load(str(path))
+
+
+def test_checksum_mismatch_fails_verify(tmp_path, synthetic_days):
+    m, layout_dir = build(tmp_path / "r", synthetic_days, budget="64KiB", batch_size=128)
+    shard = layout_dir / m.shards[0].path
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    checks = {c.name: c for c in verify_layout(*mf.load(str(layout_dir)), deep=False)}
+    assert not checks["shard checksums"].ok
+    assert m.shards[0].path in checks["shard checksums"].detail
+
+
+def test_budget_holding_everything(tmp_path, synthetic_days):
+    m, _ = build(tmp_path / "r", synthetic_days, budget="1GiB", batch_size=128)
+    assert m.stats["all_hot"] is True
+    assert m.shards_of("train", "cold") == []
+    assert m.stats["hot_input_fraction"] == 1.0
