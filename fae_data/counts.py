@@ -47,13 +47,27 @@ def sample_rows(frame: pl.LazyFrame, rate: float, seed: int) -> pl.LazyFrame:
     return frame.filter(keep)
 
 
-def count_values(frame: pl.DataFrame, columns: Mapping[str, str]) -> pl.DataFrame:
+def count_values(
+    frame: pl.DataFrame, columns: Mapping[str, str], keep: pl.Series | None = None
+) -> pl.DataFrame:
     """Count accesses per ``(table, value)`` over ``columns`` (column name -> table name)
     of an in-memory chunk. List columns count every element.
+
+    With a sampling mask ``keep``, only kept rows are counted, but every value of the
+    chunk is still listed (with count 0 if it was not sampled): the vocabulary must give
+    every value an id, sampling only decides how values are ranked.
 
     Returns a frame with :data:`COUNT_SCHEMA`, sorted by table then value (nulls first),
     so equal inputs give byte-identical partial files.
     """
+    if keep is not None:
+        present = _count(frame, columns).with_columns(pl.lit(0, pl.UInt64).alias("count"))
+        sampled = _count(frame.filter(keep), columns)
+        return merge_counts([present.lazy(), sampled.lazy()])
+    return _count(frame, columns)
+
+
+def _count(frame: pl.DataFrame, columns: Mapping[str, str]) -> pl.DataFrame:
     parts = []
     for column, table in columns.items():
         if column not in frame.columns:
@@ -72,6 +86,8 @@ def count_values(frame: pl.DataFrame, columns: Mapping[str, str]) -> pl.DataFram
             )
         )
     return merge_counts(p.lazy() for p in parts)
+
+
 def merge_counts(partials: Iterable[pl.LazyFrame]) -> pl.DataFrame:
     """Merge partial counts: the sum per ``(table, value)``; order-independent."""
     frames = [p.select(list(COUNT_SCHEMA)).cast(COUNT_SCHEMA) for p in partials]  # type: ignore[arg-type]

@@ -55,6 +55,7 @@ class TableRef:
     hot_rows: int  # k_t: ids [0, k_t) are hot
     dim: int
     vocab_path: str  # Parquet (value, count, id), relative to the manifest folder
+    accesses: int = 0  # training lookups of the table, id 0 (null/unseen/rare) included
 
 
 @dataclass(frozen=True)

@@ -197,7 +197,10 @@ def _read_plan(store: Storage) -> tuple[dict[str, Any] | None, str | None]:
 
 
 def _table_totals(manifest: Manifest) -> dict[str, int] | None:
-    """Accesses per table, id 0 included, when derivable from ``stats.accesses_total``."""
+    """Accesses per table, id 0 included: recorded per table since manifests carry
+    ``tables[].accesses``; for older ones derived from ``stats.accesses_total``."""
+    if manifest.tables and all(t.accesses > 0 for t in manifest.tables):
+        return {t.name: t.accesses for t in manifest.tables}
     total = manifest.stats.get("accesses_total")
     n = len(manifest.tables)
     lookups: dict[str, list[str]] = {t.name: [] for t in manifest.tables}

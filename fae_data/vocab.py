@@ -23,12 +23,24 @@ VOCAB_SCHEMA = {"value": pl.UInt32, "count": pl.UInt64, "id": pl.UInt32}
 class VocabParams:
     min_count: int = 1
     max_rows: int | None = None  # rows per table, id 0 included
+    #: Share of rows the counts were taken on. Values seen in the data but not in the
+    #: sample carry count 0: they rank after every sampled value (by raw value) and are
+    #: kept when ``min_count`` is 1; ``min_count`` applies to counts scaled by 1/rate.
+    sampling_rate: float = 1.0
 
     def __post_init__(self) -> None:
         if self.min_count < 1:
             raise InputError(f"min_count ({self.min_count}) must be at least 1")
         if self.max_rows is not None and self.max_rows < 1:
             raise InputError(f"max_rows ({self.max_rows}) must be at least 1 (row 0)")
+
+
+def _kept(params: VocabParams) -> pl.Expr:
+    if params.sampling_rate >= 1.0:
+        return pl.col("count") >= params.min_count
+    if params.min_count <= 1:
+        return pl.lit(True)
+    return pl.col("count") >= params.min_count * params.sampling_rate
 
 
 def build_vocabs(counts: pl.DataFrame, tables: list[str], params: VocabParams) -> dict[str, pl.DataFrame]:
@@ -39,7 +51,7 @@ def build_vocabs(counts: pl.DataFrame, tables: list[str], params: VocabParams) -
     """
     ranked = (
         counts.lazy()
-        .filter(pl.col("value").is_not_null() & (pl.col("count") >= params.min_count))
+        .filter(pl.col("value").is_not_null() & _kept(params))
         .sort(["table", "count", "value"], descending=[False, True, False])
         .with_columns((pl.int_range(pl.len()).over("table") + 1).alias("id"))
     )

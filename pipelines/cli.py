@@ -258,30 +258,47 @@ def _layout_params(
     )
 
 
+DatasetOpt = Annotated[str, typer.Option(help="Dataset under ROOT/ingested/.")]
+PartitionOpt = Annotated[list[str] | None, typer.Option(
+    help="Partitions to use (default: all, sorted by name).")]
+BudgetOpt = Annotated[str, typer.Option(
+    help="GPU memory for hot rows: bytes or with units (256MiB, 8GB).")]
+DimOpt = Annotated[int, typer.Option(help="Embedding dimension of every table.")]
+TableDimOpt = Annotated[list[str] | None, typer.Option(
+    help="Per-table dimension TABLE=DIM (repeatable).")]
+DtypeOpt = Annotated[str, typer.Option(help="Embedding dtype: float32, float16, bfloat16.")]
+SlotsOpt = Annotated[int, typer.Option(
+    help="Optimizer state rows per embedding row (Adagrad 1, Adam 2).")]
+BatchOpt = Annotated[int, typer.Option(help="Rows per minibatch (= per row group).")]
+RateOpt = Annotated[float, typer.Option(
+    help="Profile a seeded sample of this share of rows (1 = exact).")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of sampling and shuffling.")]
+MinCountOpt = Annotated[int, typer.Option(help="Values seen fewer times map to id 0.")]
+MaxRowsOpt = Annotated[int | None, typer.Option(
+    help="Cap every vocabulary at this many rows (id 0 included).")]
+ValOpt = Annotated[list[str] | None, typer.Option(help="Validation partitions.")]
+TestOpt = Annotated[list[str] | None, typer.Option(help="Test partitions.")]
+ShardOpt = Annotated[int, typer.Option(help="Target shard size in MiB.")]
+
+
 @app.command()
 def layout(
     root: Root = "fae-root",
-    dataset: Annotated[str, typer.Option(help="Dataset under ROOT/ingested/.")] = "criteo",
-    partition: Annotated[list[str] | None, typer.Option(
-        help="Partitions to use (default: all, sorted by name).")] = None,
-    budget: Annotated[str, typer.Option(
-        help="GPU memory for hot rows: bytes or with units (256MiB, 8GB).")] = "256MiB",
-    dim: Annotated[int, typer.Option(help="Embedding dimension of every table.")] = 16,
-    table_dim: Annotated[list[str] | None, typer.Option(
-        help="Per-table dimension TABLE=DIM (repeatable).")] = None,
-    dtype: Annotated[str, typer.Option(help="Embedding dtype: float32, float16, bfloat16.")] = "float32",
-    optimizer_slots: Annotated[int, typer.Option(
-        help="Optimizer state rows per embedding row (Adagrad 1, Adam 2).")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Rows per minibatch (= per row group).")] = 2048,
-    sampling_rate: Annotated[float, typer.Option(
-        help="Profile a seeded sample of this share of rows (1 = exact).")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Seed of sampling and shuffling.")] = 0,
-    min_count: Annotated[int, typer.Option(help="Values seen fewer times map to id 0.")] = 1,
-    max_rows: Annotated[int | None, typer.Option(
-        help="Cap every vocabulary at this many rows (id 0 included).")] = None,
-    val: Annotated[list[str] | None, typer.Option(help="Validation partitions.")] = None,
-    test: Annotated[list[str] | None, typer.Option(help="Test partitions.")] = None,
-    shard_mb: Annotated[int, typer.Option(help="Target shard size in MiB.")] = 256,
+    dataset: DatasetOpt = "criteo",
+    partition: PartitionOpt = None,
+    budget: BudgetOpt = "256MiB",
+    dim: DimOpt = 16,
+    table_dim: TableDimOpt = None,
+    dtype: DtypeOpt = "float32",
+    optimizer_slots: SlotsOpt = 0,
+    batch_size: BatchOpt = 2048,
+    sampling_rate: RateOpt = 1.0,
+    seed: SeedOpt = 0,
+    min_count: MinCountOpt = 1,
+    max_rows: MaxRowsOpt = None,
+    val: ValOpt = None,
+    test: TestOpt = None,
+    shard_mb: ShardOpt = 256,
     force: Annotated[bool, typer.Option(help="Rebuild even if this layout exists.")] = False,
     quiet: Quiet = False,
     as_json: AsJson = False,
@@ -327,6 +344,89 @@ def layout(
         out.print("  rows: " + ", ".join(f"{k} {v:,}" for k, v in st["rows_by_split_and_kind"].items()))
 
     _emit(as_json, result.to_dict(), human)
+
+
+@app.command()
+def plan(
+    root: Root = "fae-root",
+    dataset: DatasetOpt = "criteo",
+    partition: PartitionOpt = None,
+    budget: BudgetOpt = "256MiB",
+    dim: DimOpt = 16,
+    table_dim: TableDimOpt = None,
+    dtype: DtypeOpt = "float32",
+    optimizer_slots: SlotsOpt = 0,
+    sampling_rate: RateOpt = 1.0,
+    seed: SeedOpt = 0,
+    min_count: MinCountOpt = 1,
+    max_rows: MaxRowsOpt = None,
+    val: ValOpt = None,
+    test: TestOpt = None,
+    sweep: Annotated[bool, typer.Option(
+        "--sweep", help="Chart coverage and hot-input fraction over a range of budgets.")] = False,
+    as_json: AsJson = False,
+    debug: Debug = False,
+) -> None:
+    """Count, rank and plan hot rows for a budget (no shards written).
+
+    With --sweep, print access coverage and the hot-input fraction for budgets from one
+    row to every row, and mark the knee, to choose a budget from data.
+    """
+    from pipelines.layout import run_plan_only
+
+    def go() -> Any:
+        params = _layout_params(dataset, partition, budget, dim, table_dim, dtype,
+                                optimizer_slots, 2048, sampling_rate, seed, min_count,
+                                max_rows, val, test, 256)
+        return run_plan_only(root, params, sweep=sweep)
+
+    outcome = _guarded(debug, go)
+    payload = {"plan": outcome.plan, "predicted_hot_input_fraction":
+               outcome.predicted_hot_input_fraction, "sample_rows": outcome.sample_rows,
+               "sweep": outcome.sweep, "knee_budget_bytes": outcome.knee_budget_bytes}
+
+    def human() -> None:
+        p = outcome.plan
+        out.print(f"budget {p['budget_bytes']:,} B: {sum(p['hot_rows'].values()):,} hot rows, "
+                  f"access coverage {p['hot_access_coverage']:.1%}, predicted hot-input "
+                  f"fraction {outcome.predicted_hot_input_fraction:.1%} "
+                  f"(from {outcome.sample_rows:,} sampled rows)")
+        if p.get("all_hot"):
+            out.print("[yellow]every row of every table fits: the cold split will be empty[/]")
+        if outcome.sweep:
+            table = Table(title="budget sweep")
+            for col in ("budget", "hot rows", "access coverage", "hot inputs", ""):
+                table.add_column(col, justify="right")
+            for pt in outcome.sweep:
+                mark = "knee" if pt["budget_bytes"] == outcome.knee_budget_bytes else ""
+                table.add_row(_bytes(pt["budget_bytes"]), f"{sum(pt['hot_rows'].values()):,}",
+                              f"{pt['hot_access_coverage']:.1%}",
+                              f"{(pt['hot_input_fraction'] or 0):.1%}", mark)
+            out.print(table)
+
+    _emit(as_json, payload, human)
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+@app.command()
+def report(
+    manifest: Annotated[str, typer.Argument(help="manifest.json, a layout folder or a storage root.")],
+    out_path: Annotated[str | None, typer.Option(
+        "--out", help="Where to write the HTML (default: report.html in the layout folder).")] = None,
+    as_json: AsJson = False,
+    debug: Debug = False,
+) -> None:
+    """Write a self-contained HTML report of a layout (skew, coverage vs budget, splits)."""
+    from fae_data.report import write_report
+
+    path = _guarded(debug, lambda: write_report(manifest, out_path))
+    _emit(as_json, {"report": path}, lambda: out.print(f"wrote {path}"))
 
 
 @app.command()

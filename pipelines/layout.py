@@ -291,8 +291,7 @@ def run_counts(
     for chunk in _iter_chunks(storage, part, columns, _COUNT_CHUNK_ROWS):
         mask = sample_mask(chunk.height, offset, sampling_rate, seed)
         offset += chunk.height
-        partials.append(count_values(chunk if mask is None else chunk.filter(mask),
-                                     inputs.columns.sparse))
+        partials.append(count_values(chunk, inputs.columns.sparse, mask))
         if len(partials) >= 8:  # keep memory at about one vocabulary's worth of counts
             partials = [merge_counts(p.lazy() for p in partials)]
     counted = merge_counts(p.lazy() for p in partials)
@@ -351,7 +350,7 @@ def run_vocab(
     storage: Storage, inputs: Inputs, count_paths: Sequence[str], params: LayoutParams
 ) -> Vocabs:
     merged = load_counts(storage, count_paths)
-    vp = VocabParams(params.min_count, params.max_rows)
+    vp = VocabParams(params.min_count, params.max_rows, params.sampling_rate)
     tables = list(dict.fromkeys(inputs.columns.sparse.values()))
     frames = build_vocabs(merged, tables, vp)
     totals = table_totals(merged)
@@ -418,6 +417,7 @@ class PlanOutcome:
     knee_budget_bytes: int | None
     predicted_hot_input_fraction: float
     sample_rows: int
+    sampling: dict[str, Any] = field(default_factory=dict)
 
 
 def run_plan(
@@ -438,10 +438,58 @@ def run_plan(
         swept = sweep_budgets(specs, pp, budgets, lambda k: hot_fraction(sample, k))
         points = [asdict(p) for p in swept]
         if len(swept) >= 3:
-            xs = [float(np.log10(max(p.budget_bytes, 1))) for p in swept]
+            # Hot-input fraction against the budget in bytes (linear): it saturates, and
+            # the knee is where another byte starts to buy little.
+            xs = [float(p.budget_bytes) for p in swept]
             ys = [p.hot_input_fraction or 0.0 for p in swept]
-            knee = swept[knee_index(xs, ys)].budget_bytes
-    return PlanOutcome(plan.to_dict(), points, knee, predicted, n)
+            knee = swept[knee_index(xs, ys, log_x=False)].budget_bytes
+    return PlanOutcome(plan.to_dict(), points, knee, predicted, n,
+                       _sampling_error(storage, inputs, vocabs, params, plan))
+
+
+def _sampling_error(
+    storage: Storage, inputs: Inputs, vocabs: Vocabs, params: LayoutParams, plan: Any
+) -> dict[str, Any]:
+    """How far a sampled profile may be from the exact one.
+
+    With exact counts at hand (an earlier exact run over the same partitions), the two hot
+    sets are compared value by value; otherwise the binomial standard error of the
+    sampled access coverage is given.
+    """
+    if params.sampling_rate >= 1.0:
+        return {"rate": 1.0, "exact": True}
+    accesses = sum(int(c.sum()) for c in vocabs.counts.values())
+    cov = plan.hot_access_coverage
+    out: dict[str, Any] = {
+        "rate": params.sampling_rate,
+        "exact": False,
+        "sampled_accesses": accesses,
+        "coverage_stderr": float(np.sqrt(cov * (1 - cov) / max(accesses, 1))),
+    }
+    exact_paths = []
+    for part in inputs.train_parts:
+        ref = next(r for r in inputs.refs if r.name == part.name)
+        key = _key(ref.sha256, part.path, part.rows, 1.0, params.seed,
+                   dict(inputs.columns.sparse))
+        rel = (COUNTS_DIR, ref.path.split("/")[1], part.name, f"counts-{key}.parquet")
+        if not storage.exists(*rel):
+            return out
+        exact_paths.append("/".join(rel))
+    exact = run_vocab(storage, inputs, exact_paths, replace(params, sampling_rate=1.0))
+    dtype_bytes = DTYPE_BYTES[params.dtype]
+    exact_plan = plan_hot_rows(table_specs(exact, params),
+                               PlanParams(params.budget_bytes, dtype_bytes, params.optimizer_slots))
+    same = total = 0
+    for t in vocabs.tables:
+        sampled_hot = set(vocabs.frames[t].head(max(plan.hot_rows[t] - 1, 0))["value"].to_list())
+        exact_hot = set(exact.frames[t].head(max(exact_plan.hot_rows[t] - 1, 0))["value"].to_list())
+        same += len(sampled_hot & exact_hot)
+        total += len(exact_hot)
+    out.update({
+        "exact_hot_access_coverage": exact_plan.hot_access_coverage,
+        "hot_set_overlap": same / total if total else 1.0,
+    })
+    return out
 
 
 # --- shards and publish ---------------------------------------------------------------
@@ -478,6 +526,16 @@ def existing_layout(storage: Storage, lid: str) -> mf.Manifest | None:
         return None
     manifest, _ = mf.load(storage.url.rstrip("/") + f"/{mf.LAYOUTS_DIR}/{lid}/{mf.MANIFEST}")
     return manifest
+
+
+def run_plan_only(root: str, params: LayoutParams, sweep: bool = True) -> PlanOutcome:
+    """counts -> vocab -> plan without writing shards (``fae plan``)."""
+    storage = Storage(root)
+    inputs = resolve_inputs(storage, params)
+    paths = [run_counts(storage, inputs, p, params.sampling_rate, params.seed)
+             for p in inputs.train_parts]
+    vocabs = run_vocab(storage, inputs, paths, params)
+    return run_plan(storage, inputs, vocabs, params, sweep=sweep)
 
 
 def run_layout(
@@ -543,7 +601,7 @@ def _write_vocabs(
         with storage.open_atomic(*folder, "vocab", f"{t}.parquet") as f:
             vocabs.frames[t].write_parquet(f)
         refs.append(mf.TableRef(t, vocabs.frames[t].height + 1, int(hot_rows[t]),
-                                params.dim_of(t), rel))
+                                params.dim_of(t), rel, int(vocabs.counts[t].sum())))
     return refs
 
 
@@ -575,6 +633,7 @@ def _manifest(
             "accesses_total": total,
             "knee_budget_bytes": planned.knee_budget_bytes,
             "all_hot": planned.plan["all_hot"],
+            "sampling": planned.sampling,
         },
         shards=tuple(mf.ShardRef(**asdict(s)) for s in written.shards),
         columns=tuple(columns),

@@ -285,3 +285,72 @@ def test_budget_holding_everything(tmp_path, synthetic_days):
     assert m.stats["all_hot"] is True
     assert m.shards_of("train", "cold") == []
     assert m.stats["hot_input_fraction"] == 1.0
+
+
+# --- Taobao: list columns, shared tables ---------------------------------------------------
+
+
+def test_taobao_layout_matches_naive_reference(tmp_path):
+    import polars as pl
+
+    from fae_data.taobao import SampleParams, build_samples
+
+    lines = (SHARED / "taobao_userbehavior_timeorder110k.csv").read_bytes().splitlines(True)
+    lines = lines[:30000]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    files = []
+    for d in range(3):
+        p = raw / f"day_{d}.csv"
+        p.write_bytes(b"".join(lines[d * 10000:(d + 1) * 10000]))
+        files.append(p)
+    run_ingest([str(f) for f in files], str(tmp_path / "root"), IngestParams("taobao"),
+               dataset="taobao")
+    result = run_layout(str(tmp_path / "root"),
+                        LayoutParams(dataset="taobao", budget="96KiB", batch_size=64))
+    m = result.manifest
+    layout_dir = tmp_path / "root" / "layouts" / result.layout_id
+    assert all(c.ok for c in verify_layout(*mf.load(str(layout_dir))))
+
+    # Naive reference: samples of the first two days are training rows.
+    events = [pl.read_csv(f, has_header=False, new_columns=["user_id", "item_id", "category_id",
+                                                              "behavior_type", "timestamp"])
+              .with_columns(pl.lit(d).alias("day")) for d, f in enumerate(files)]
+    samples = build_samples(pl.concat(events).lazy(), SampleParams(), carry="day")
+    train = samples.filter(pl.col("day") < 2).to_dicts()
+    columns = {"user_id": "user_id", "item_id": "item_id", "category_id": "category_id",
+               "hist_item_id": "item_id", "hist_category_id": "category_id"}
+    counts: dict[str, Counter] = {t: Counter() for t in set(columns.values())}
+    for r in train:
+        for c, t in columns.items():
+            counts[t].update(r[c] if isinstance(r[c], list) else [r[c]])
+    rank = {t: {v: i + 1 for i, v in enumerate(sorted(cnt, key=lambda v: (-cnt[v], v)))}
+            for t, cnt in counts.items()}
+    k = {t.name: t.hot_rows for t in m.tables}
+    for t in m.tables:
+        assert t.vocab_size == len(rank[t.name]) + 1
+
+    def encode(r):
+        return tuple(tuple(rank[t][v] for v in r[c]) if isinstance(r[c], list) else rank[t][r[c]]
+                     for c, t in columns.items())
+
+    def is_hot(e):
+        return all((max(x, default=0) if isinstance(x, tuple) else x) < k[t]
+                   for x, t in zip(e, columns.values()))
+
+    enc = [(r["label"], encode(r)) for r in train]
+    want_hot = Counter(e for e in enc if is_hot(e[1]))
+    want_cold = Counter(e for e in enc if not is_hot(e[1]))
+    assert want_hot and want_cold
+
+    def got(kind):
+        out = Counter()
+        for s in m.shards_of("train", kind):
+            d = pq.read_table(layout_dir / s.path).to_pydict()
+            for i in range(len(d["label"])):
+                out[(d["label"][i], tuple(tuple(d[c][i]) if isinstance(d[c][i], list) else d[c][i]
+                                          for c in columns))] += 1
+        return out
+
+    assert got("hot") == want_hot
+    assert got("cold") == want_cold

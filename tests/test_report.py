@@ -224,8 +224,11 @@ def test_all_hot_zero_hot_and_rejects_are_called_out_and_escaped(built: Built) -
 
 
 def test_no_markers_means_not_available(built: Built) -> None:
-    stats = {**built.manifest.stats, "accesses_total": None}  # id 0 accesses unknown
-    text = build_report(dataclasses.replace(built.manifest, stats=stats), built.store)
+    # id 0 accesses unknown: an older manifest without tables[].accesses or a total
+    stats = {**built.manifest.stats, "accesses_total": None}
+    tables = tuple(dataclasses.replace(t, accesses=0) for t in built.manifest.tables)
+    text = build_report(dataclasses.replace(built.manifest, stats=stats, tables=tables),
+                        built.store)
     assert "Per-partition rejects: not available." in text
     assert "accesses of id 0" in text
 
