@@ -19,11 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
 
 from fae_data.errors import ManifestError
 from fae_data.storage import Storage
+
+_T = TypeVar("_T")
 
 FORMAT = "fae.layout/v1"
 LAYOUTS_DIR = "layouts"
@@ -161,11 +163,11 @@ def from_dict(d: dict[str, Any], where: str = "manifest") -> Manifest:
         dataset = DatasetRef(
             name=str(ds["name"]),
             kind=str(ds["kind"]),
-            partitions=tuple(PartitionRef(**p) for p in ds["partitions"]),
+            partitions=tuple(_entry(PartitionRef, p) for p in ds["partitions"]),
         )
-        tables = tuple(TableRef(**t) for t in d["tables"])
-        shards = tuple(ShardRef(**s) for s in d["shards"])
-        columns = tuple(ColumnRef(**c) for c in d["columns"])
+        tables = tuple(_entry(TableRef, t) for t in d["tables"])
+        shards = tuple(_entry(ShardRef, s) for s in d["shards"])
+        columns = tuple(_entry(ColumnRef, c) for c in d["columns"])
         known = {
             "format", "layout_id", "created_at", "producer", "dataset", "params", "tables",
             "stats", "shards", "columns",
@@ -188,6 +190,14 @@ def from_dict(d: dict[str, Any], where: str = "manifest") -> Manifest:
         raise ManifestError(f"{where}: malformed entry ({exc})") from None
     _check(m, where)
     return m
+
+
+def _entry(cls: type[_T], raw: Any) -> _T:
+    """Build an entry; fields added by newer v1 writers are ignored, missing ones raise."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"{cls.__name__} entry must be an object, found {raw!r}")
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in raw.items() if k in known})
 
 
 def _check(m: Manifest, where: str) -> None:
