@@ -6,27 +6,33 @@ table. The planner maximises the embedding accesses served by hot rows, globally
 tables, by accesses per byte: a row of table ``t`` costs ``bytes_per_row_t = dim_t x
 dtype_bytes x (1 + optimizer_slots)`` bytes, whatever its id.
 
-The rule, exactly (``tests/test_plan.py`` checks it against a naive row-by-row version):
+The rule, exactly (``tests/test_plan.py`` checks it against a naive item-by-item version):
 
-* Priority. Row ``i >= 1`` has priority ``counts[i]``. Row 0 has priority
-  ``max(counts[0], counts[1])``: it must be hot before row 1 can be (prefix), so when the
-  null row is rarer than id 1 it is carried along at id 1's priority. Priorities are then
-  non-increasing by id, so a greedy order never breaks a prefix. When ``counts[0] >=
-  counts[1]`` (the usual case: the null row collects every rare value) this is exact;
-  otherwise the plan may spend one row per table on a row worth ``counts[0]``.
-* Order. All rows of all tables sorted by ``priority / bytes_per_row`` descending (compared
+* Items. Every row is an item worth ``counts[i]`` accesses, except the head of a table
+  whose null row is rarer than id 1 (``counts[0] < counts[1]``): row 0 must be hot before
+  row 1 can be (prefix), so rows 0 and 1 form one two-row item (hot together or not at
+  all) worth ``counts[0] + counts[1]``, so budget is never spent on a lone row 0 that is
+  worth less than the row it unlocks. The pair is ranked at its mean accesses per row,
+  raised to ``counts[2]`` when that is higher so that it still comes before row 2 (a
+  "raised pair", over-ranked by ``counts[2] - mean`` per row). When ``counts[0] >=
+  counts[1]`` (the usual case: the null row collects every rare value) the head is
+  plain row 0.
+* Order. Items of all tables sorted by ``priority / bytes_per_row`` descending (compared
   exactly, as rationals), ties by table order, then by id.
-* Greedy. Walk that order and take each row that still fits in the remaining budget, skip
-  one that does not. All rows of a table cost the same and the remaining budget only
-  shrinks, so once a table skips a row it skips the rest: prefixes stay prefixes, and
+* Greedy. Walk that order and take each item that still fits in the remaining budget. A
+  table whose item does not fit is closed (its later rows are skipped, keeping the prefix);
   leftover bytes still go to cheaper rows of other tables.
 * Zero-priority rows (never accessed) are never hot, so a table with no accesses gets
   ``k_t = 0``, unless every row of every table fits, in which case all rows are hot
   (``Plan.all_hot``) and the cold split will be empty.
 
-Greedy by ratio is optimal for the fractional problem; the integer plan is within one row
-per table of it. The implementation never loops over rows: it binary-searches the ratio
-threshold with ``np.searchsorted`` per table, then fills the boundary ratio in table order.
+Greedy by ratio is optimal for the fractional problem; the integer plan loses at most
+about one item per table at the budget boundary. Coverage is non-decreasing in the budget
+whenever every item is ranked at its true accesses per byte (at the first item a larger
+budget takes and a smaller one skipped, that item is worth more than everything the
+smaller budget took after it); only a raised pair can make it dip, at the boundary. The
+implementation never loops over rows: it binary-searches the ratio threshold with
+``np.searchsorted`` per table, then fills the boundary ratio in table order.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from fae_data.errors import BudgetError, InputError
+from fae_data.errors import BudgetError, FaeError, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +81,12 @@ def parse_budget(text: str | int) -> int:
     Raises:
         BudgetError: ``text`` is negative, empty or not a number with a known unit.
     """
-    if isinstance(text, bool) or not isinstance(text, (str, int)):
+    if isinstance(text, bool) or not isinstance(text, (str, int, np.integer)):
         raise BudgetError(f"memory budget {text!r}: not a string or integer; {_BUDGET_HELP}")
-    if isinstance(text, int):
+    if not isinstance(text, str):
         if text < 0:
             raise BudgetError(f"memory budget {text} is negative; {_BUDGET_HELP}")
-        return text
+        return int(text)
     match = _BUDGET_RE.match(text)
     unit = match.group(2).lower() if match else ""
     if match is None or unit not in _UNITS:
@@ -94,15 +100,16 @@ def bytes_per_row(dim: int, dtype_bytes: int, optimizer_slots: int) -> int:
     Raises:
         InputError: ``dim`` or ``dtype_bytes`` below 1, or ``optimizer_slots`` below 0.
     """
-    _check_int("dim", dim, 1)
-    _check_int("dtype_bytes", dtype_bytes, 1)
-    _check_int("optimizer_slots", optimizer_slots, 0)
-    return dim * dtype_bytes * (1 + optimizer_slots)
+    dim = _check_int("dim", dim, 1)
+    dtype_bytes = _check_int("dtype_bytes", dtype_bytes, 1)
+    return dim * dtype_bytes * (1 + _check_int("optimizer_slots", optimizer_slots, 0))
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{name} ({value!r}) must be an integer >= {minimum}")
+def _check_int(name: str, value: object, minimum: int, error: type[FaeError] = InputError) -> int:
+    """``value`` as a Python int (numpy integers accepted), or ``error`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise error(f"{name} ({value!r}) must be an integer >= {minimum}")
+    return int(value)
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,7 +133,7 @@ class TableSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise InputError(f"table name must be a non-empty string, found {self.name!r}")
-        _check_int(f"table {self.name}: dim", self.dim, 1)
+        object.__setattr__(self, "dim", _check_int(f"table {self.name}: dim", self.dim, 1))
         counts = np.asarray(self.counts)
         if counts.ndim != 1 or counts.size == 0 or counts.dtype.kind not in "iu":
             raise InputError(
@@ -163,11 +170,11 @@ class PlanParams:
     optimizer_slots: int = 0  # 1 for Adagrad, 2 for Adam
 
     def __post_init__(self) -> None:
-        b = self.budget_bytes
-        if isinstance(b, bool) or not isinstance(b, int) or b < 0:
-            raise BudgetError(f"budget_bytes ({b!r}) must be a non-negative integer (bytes)")
-        _check_int("dtype_bytes", self.dtype_bytes, 1)
-        _check_int("optimizer_slots", self.optimizer_slots, 0)
+        for name, minimum, error in (("budget_bytes", 0, BudgetError),
+                                     ("dtype_bytes", 1, InputError),
+                                     ("optimizer_slots", 0, InputError)):
+            value = _check_int(name, getattr(self, name), minimum, error)
+            object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True)
@@ -201,8 +208,10 @@ class Plan:
 class _Prepared:
     """Per-table arrays the greedy searches, built once per table list (sweeps reuse it).
 
-    Ratios ``priority / row_bytes`` are compared exactly by scaling them to integers:
-    with ``scale = lcm(row_bytes)``, ``priority * scale / row_bytes`` is a whole number.
+    Table ``t`` is a head item of ``head_rows[t]`` rows (1, or 2 for a rarer null row) with
+    per-row priority ``head_num / head_den``, then single rows ``counts[head_rows:]``.
+    Ratios are compared exactly by scaling them to integers: with ``scale`` a multiple of
+    every ``head_den x row_bytes``, each ``priority * scale / row_bytes`` is a whole number.
     """
 
     def __init__(self, tables: Sequence[TableSpec], dtype_bytes: int, optimizer_slots: int):
@@ -215,27 +224,46 @@ class _Prepared:
         self.tables = list(tables)
         self.row_bytes = [bytes_per_row(t.dim, dtype_bytes, optimizer_slots) for t in tables]
         self.sizes = [int(t.counts.size) for t in tables]
-        # Row 0's priority: it has to precede row 1 anyway (see the module docstring).
-        self.head = [int(t.counts[:2].max()) for t in tables]
-        # Row 0 rarer than row 1: rows 0 and 1 are hot together or not at all.
-        self.paired = [t.counts.size > 1 and t.counts[0] < t.counts[1] for t in tables]
+        self.head_rows: list[int] = []
+        self.head_num: list[int] = []
+        self.head_den: list[int] = []
+        for t in tables:
+            c = [int(x) for x in t.counts[:3]]
+            if len(c) == 1 or c[0] >= c[1]:
+                h, num, den = 1, c[0], 1
+            elif len(c) == 3 and 2 * c[2] > c[0] + c[1]:
+                h, num, den = 2, c[2], 1  # raised so the pair still precedes row 2
+            else:
+                h, num, den = 2, c[0] + c[1], 2
+            self.head_rows.append(h)
+            self.head_num.append(num)
+            self.head_den.append(den)
         # Ascending contiguous copies: np.searchsorted needs ascending input and copies a
         # reversed view on every call otherwise.
-        self.tail_asc = [np.ascontiguousarray(t.counts[1:][::-1]) for t in tables]
-        self.scale = math.lcm(*self.row_bytes)
-        self.total_bytes = sum(b * n for b, n in zip(self.row_bytes, self.sizes))
+        self.tail_asc = [
+            np.ascontiguousarray(t.counts[h:][::-1])
+            for t, h in zip(tables, self.head_rows, strict=True)
+        ]
+        self.scale = math.lcm(*(d * b for d, b in zip(self.head_den, self.row_bytes, strict=True)))
+        self.total_bytes = sum(b * n for b, n in zip(self.row_bytes, self.sizes, strict=True))
         self.dtype_bytes = dtype_bytes
         self.optimizer_slots = optimizer_slots
 
+    def head_level(self, t: int) -> int:
+        """The head item's scaled ratio (an integer, see the class docstring)."""
+        return self.head_num[t] * self.scale // (self.head_den[t] * self.row_bytes[t])
+
     def count_at_least(self, t: int, level: int) -> int:
-        """Rows of table ``t`` whose scaled ratio ``priority * scale / row_bytes >= level``."""
+        """Rows of table ``t`` in items whose scaled ratio is ``>= level`` (a prefix)."""
         if level <= 0:
             return self.sizes[t]
-        threshold = -((-level * self.row_bytes[t]) // self.scale)  # ceil, exact ints
-        if threshold > self.head[t]:
+        if self.head_level(t) < level:
             return 0
         tail = self.tail_asc[t]
-        return 1 + tail.size - int(np.searchsorted(tail, threshold, side="left"))
+        threshold = -((-level * self.row_bytes[t]) // self.scale)  # ceil, exact ints
+        if tail.size == 0 or threshold > int(tail[-1]):
+            return self.head_rows[t]
+        return self.head_rows[t] + tail.size - int(np.searchsorted(tail, threshold, "left"))
 
     def too_small(self, budget: int) -> BudgetError:
         t = min(range(len(self.tables)), key=lambda i: self.row_bytes[i])
@@ -255,7 +283,7 @@ def _greedy(prep: _Prepared, budget: int) -> list[int]:
     remaining = budget
     b = prep.row_bytes
     # Every remaining row of an open table has a scaled ratio below `top`.
-    top = max(prep.head[t] * prep.scale // b[t] for t in range(n_tables)) + 1
+    top = max(prep.head_level(t) for t in range(n_tables)) + 1
 
     def cost(level: int, tables: list[int]) -> int:
         return sum(b[t] * (prep.count_at_least(t, level) - k[t]) for t in tables)
@@ -283,16 +311,23 @@ def _greedy(prep: _Prepared, budget: int) -> list[int]:
             n = prep.count_at_least(t, hi)
             remaining -= b[t] * (n - k[t])
             k[t] = n
-        # Rows at exactly ratio `lo`: table order, then id; a table that cannot take all
+        # Items at exactly ratio `lo`: table order, then id; a table that cannot take all
         # of its rows at this ratio is closed (at least one is, so this loop ends).
         for t in live:
             wanted = prep.count_at_least(t, lo) - k[t]
-            took = min(wanted, remaining // b[t])
-            if took == 1 and k[t] == 0 and prep.paired[t]:
-                took = 0  # row 0 alone would spend a row on the rarer null row
-            k[t] += took
-            remaining -= took * b[t]
-            if took < wanted:
+            if wanted <= 0:
+                continue
+            took = 0
+            if k[t] == 0:  # the head item is at this ratio: all of it or nothing
+                if prep.head_rows[t] * b[t] > remaining:
+                    is_open[t] = False
+                    continue
+                took = prep.head_rows[t]
+                remaining -= took * b[t]
+            more = min(wanted - took, remaining // b[t])
+            k[t] += took + more
+            remaining -= more * b[t]
+            if took + more < wanted:
                 is_open[t] = False
         top = lo
     return k
@@ -304,11 +339,11 @@ def _plan(prep: _Prepared, budget: int) -> Plan:
     all_hot = budget >= prep.total_bytes
     k = list(prep.sizes) if all_hot else _greedy(prep, budget)
     total = sum(int(t.counts.sum()) for t in prep.tables)
-    covered = sum(int(t.counts[:n].sum()) for t, n in zip(prep.tables, k))
+    covered = sum(int(t.counts[:n].sum()) for t, n in zip(prep.tables, k, strict=True))
     plan = Plan(
-        hot_rows={t.name: n for t, n in zip(prep.tables, k)},
+        hot_rows={t.name: n for t, n in zip(prep.tables, k, strict=True)},
         budget_bytes=budget,
-        budget_used_bytes=sum(n * bt for n, bt in zip(k, prep.row_bytes)),
+        budget_used_bytes=sum(n * bt for n, bt in zip(k, prep.row_bytes, strict=True)),
         accesses_total=total,
         accesses_covered=covered,
         hot_access_coverage=covered / total if total else 0.0,
@@ -361,7 +396,8 @@ def sweep_budgets(
     prep = _Prepared(tables, p.dtype_bytes, p.optimizer_slots)
     points = []
     for budget in budgets:
-        plan = _plan(prep, dataclasses.replace(p, budget_bytes=budget).budget_bytes)
+        checked = dataclasses.replace(p, budget_bytes=budget)  # validates the budget
+        plan = _plan(prep, checked.budget_bytes)
         frac = None if hot_fraction is None else float(hot_fraction(dict(plan.hot_rows)))
         points.append(SweepPoint(budget, plan.hot_rows, plan.hot_access_coverage, frac))
     return points
@@ -400,7 +436,9 @@ def knee_index(xs: Sequence[float], ys: Sequence[float], log_x: bool = True) -> 
     x = np.asarray(xs, dtype=np.float64)
     y = np.asarray(ys, dtype=np.float64)
     if x.ndim != 1 or x.shape != y.shape or x.size == 0:
-        raise InputError(f"knee_index needs two equal-length 1-D sequences, found {x.shape} and {y.shape}")
+        raise InputError(
+            f"knee_index needs two equal-length 1-D sequences, found {x.shape} and {y.shape}"
+        )
     if log_x:
         if np.any(x <= 0):
             raise InputError("knee_index with log_x needs every x > 0 (budgets in bytes)")
@@ -432,7 +470,8 @@ def predicted_hot_fraction(ids: Mapping[str, np.ndarray], hot_rows: Mapping[str,
     hot: np.ndarray | None = None
     for name, column in ids.items():
         if name not in hot_rows:
-            raise InputError(f"column {name!r} has no hot_rows entry; known: {', '.join(hot_rows)}")
+            known = ", ".join(hot_rows)
+            raise InputError(f"column {name!r} has no hot_rows entry; known: {known}")
         arr = np.asarray(column)
         if arr.ndim != 1 or arr.dtype.kind not in "iu":
             raise InputError(f"column {name!r}: expected a 1-D integer id array, found shape "
@@ -441,10 +480,7 @@ def predicted_hot_fraction(ids: Mapping[str, np.ndarray], hot_rows: Mapping[str,
             raise InputError(f"column {name!r} has {arr.size} rows, the others {hot.size}")
         if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
             raise InputError(f"column {name!r}: ids must be >= 0, found {arr.min()}")
-        k = hot_rows[name]
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-            raise InputError(f"hot_rows[{name!r}] ({k!r}) must be an integer >= 0")
-        k = int(k)
+        k = _check_int(f"hot_rows[{name!r}]", hot_rows[name], 0)
         # Compare in the array's own dtype; a k beyond its range means every id is hot.
         col_hot = (np.ones(arr.size, dtype=bool) if k > np.iinfo(arr.dtype).max
                    else arr < np.asarray(k, dtype=arr.dtype))

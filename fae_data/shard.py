@@ -65,7 +65,7 @@ class InputPart:
 class ShardParams:
     batch_size: int = 2048
     shard_bytes: int = 256 << 20  # target size of a shard file (uncompressed estimate)
-    shuffle_memory_bytes: int = 512 << 20  # rows of one bucket held in memory at once
+    shuffle_memory_bytes: int = 256 << 20  # rows of one bucket held in memory at once
     seed: int = 0
     # lz4 without dictionaries or statistics: one row group per minibatch means thousands
     # of small row groups, where per-chunk overheads dominate and the trainer wants cheap

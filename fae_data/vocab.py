@@ -108,9 +108,14 @@ class Encoder:
         """Ids of ``values`` (uint32); entries where ``valid`` is False map to 0."""
         if self._values.size == 0:
             return np.zeros(values.shape, dtype=np.uint32)
-        pos = np.searchsorted(self._values, values)
-        pos = np.minimum(pos, self._values.size - 1)
-        found = self._values[pos] == values
+        # Binary searches in sorted query order walk the vocabulary front to back and stay
+        # in cache: several times faster than searching in arrival order.
+        order = np.argsort(values)
+        queries = values[order]
+        pos = np.minimum(np.searchsorted(self._values, queries), self._values.size - 1)
+        ids_sorted = np.where(self._values[pos] == queries, self._ids[pos], np.uint32(0))
+        ids = np.empty(values.shape, dtype=np.uint32)
+        ids[order] = ids_sorted
         if valid is not None:
-            found &= valid
-        return np.where(found, self._ids[pos], np.uint32(0)).astype(np.uint32)
+            ids[~valid] = 0
+        return ids

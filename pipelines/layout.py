@@ -48,7 +48,7 @@ COUNTS_DIR = "counts"
 VOCAB_DIR = "vocab"
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 _PLAN_SAMPLE_ROWS = 200_000
-_COUNT_CHUNK_ROWS = 2_000_000
+_COUNT_CHUNK_ROWS = 1_000_000
 
 Step = Callable[[str], None]
 
