@@ -85,6 +85,11 @@ def _count(frame: pl.DataFrame, columns: Mapping[str, str]) -> pl.DataFrame:
                 pl.col("count").cast(pl.UInt64),
             )
         )
+    tables = list(columns.values())
+    if len(set(tables)) == len(tables):  # one column per table: already unique keys
+        if not parts:
+            return pl.DataFrame(schema=COUNT_SCHEMA)
+        return pl.concat(parts).sort("table", "value", nulls_last=False)
     return merge_counts(p.lazy() for p in parts)
 
 
@@ -93,6 +98,8 @@ def merge_counts(partials: Iterable[pl.LazyFrame]) -> pl.DataFrame:
     frames = [p.select(list(COUNT_SCHEMA)).cast(COUNT_SCHEMA) for p in partials]  # type: ignore[arg-type]
     if not frames:
         return pl.DataFrame(schema=COUNT_SCHEMA)
+    if len(frames) == 1:  # a partial is already one row per key
+        return frames[0].sort("table", "value", nulls_last=False).collect()
     return (
         pl.concat(frames)
         .group_by("table", "value")
