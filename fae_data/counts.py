@@ -76,7 +76,8 @@ def _count(frame: pl.DataFrame, columns: Mapping[str, str]) -> pl.DataFrame:
             )
         values = frame.get_column(column)
         if isinstance(values.dtype, pl.List):
-            values = values.explode()
+            # explode() turns an empty list into one null: drop those, they are no lookup
+            values = values.filter(values.list.len() > 0).explode()
         counted = values.cast(pl.UInt32).value_counts(name="count")
         parts.append(
             counted.select(

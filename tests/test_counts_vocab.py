@@ -1,0 +1,109 @@
+"""Counts and vocabularies against plain-Python references."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import numpy as np
+import polars as pl
+import pytest
+
+from fae_data.counts import count_values, merge_counts, sample_mask
+from fae_data.errors import InputError
+from fae_data.vocab import Encoder, VocabParams, build_vocabs, id_counts, table_totals
+
+
+def frame(seed: int, n: int = 500) -> pl.DataFrame:
+    rng = random.Random(seed)
+    a = [rng.choice([None, *range(1, 30)]) for _ in range(n)]
+    b = [rng.randrange(1, 8) for _ in range(n)]
+    hist = [[rng.randrange(1, 12) for _ in range(rng.randrange(0, 4))] for _ in range(n)]
+    return pl.DataFrame({"a": a, "b": b, "hist": hist},
+                        schema={"a": pl.UInt32, "b": pl.UInt32, "hist": pl.List(pl.UInt32)})
+
+
+COLUMNS = {"a": "A", "b": "B", "hist": "B"}  # hist shares table B with b
+
+
+def naive_counts(df: pl.DataFrame) -> dict[tuple[str, int | None], int]:
+    c: Counter = Counter()
+    for row in df.iter_rows(named=True):
+        c[("A", row["a"])] += 1
+        c[("B", row["b"])] += 1
+        for v in row["hist"]:
+            c[("B", v)] += 1
+    return dict(c)
+
+
+def as_dict(counts: pl.DataFrame) -> dict[tuple[str, int | None], int]:
+    return {(t, v): c for t, v, c in counts.iter_rows()}
+
+
+def test_counts_match_naive_and_lists_count_every_element():
+    df = frame(0)
+    assert as_dict(count_values(df, COLUMNS)) == naive_counts(df)
+
+
+def test_partials_merge_associatively_in_any_order():
+    df = frame(1, 900)
+    whole = count_values(df, COLUMNS)
+    parts = [count_values(df.slice(i, 300), COLUMNS) for i in (0, 300, 600)]
+    for order in ([0, 1, 2], [2, 0, 1]):
+        merged = merge_counts(parts[i].lazy() for i in order)
+        assert merged.equals(whole)
+    nested = merge_counts([merge_counts([parts[0].lazy(), parts[1].lazy()]).lazy(), parts[2].lazy()])
+    assert nested.equals(whole)
+
+
+def test_sample_mask_is_the_same_whatever_the_chunking():
+    whole = sample_mask(10_000, 0, 0.2, seed=5)
+    pieces = pl.concat([sample_mask(3000, 0, 0.2, 5), sample_mask(7000, 3000, 0.2, 5)])
+    assert whole.equals(pieces)
+    assert 0.17 < whole.mean() < 0.23
+    assert not whole.equals(sample_mask(10_000, 0, 0.2, seed=6))
+    assert sample_mask(10, 0, 1.0, 0) is None
+    with pytest.raises(InputError, match="sampling rate"):
+        sample_mask(10, 0, 0.0, 0)
+
+
+def test_sampled_counts_keep_every_value_with_zero_counts():
+    df = frame(2)
+    keep = sample_mask(df.height, 0, 0.1, 1)
+    sampled = as_dict(count_values(df, COLUMNS, keep))
+    full = naive_counts(df)
+    assert set(sampled) == set(full)
+    assert sampled == naive_counts(df.filter(keep)) | {k: 0 for k in full if k not in
+                                                        naive_counts(df.filter(keep))}
+
+
+def test_vocab_ranks_by_count_then_value_and_id0_takes_the_rest():
+    counts = pl.DataFrame(
+        {"table": ["A"] * 6, "value": [None, 5, 3, 9, 7, 1], "count": [4, 2, 2, 10, 1, 2]},
+        schema={"table": pl.String, "value": pl.UInt32, "count": pl.UInt64},
+    )
+    v = build_vocabs(counts, ["A"], VocabParams())["A"]
+    assert v.to_dict(as_series=False) == {"value": [9, 1, 3, 5, 7], "count": [10, 2, 2, 2, 1],
+                                          "id": [1, 2, 3, 4, 5]}
+    capped = build_vocabs(counts, ["A"], VocabParams(min_count=2, max_rows=3))["A"]
+    assert capped["value"].to_list() == [9, 1]
+    total = table_totals(counts)["A"]
+    assert id_counts(total, capped).tolist() == [4 + 2 + 1 + 2, 10, 2]
+    sampled = counts.with_columns(pl.when(pl.col("value") == 7).then(0).otherwise(pl.col("count"))
+                                  .cast(pl.UInt64).alias("count"))
+    v = build_vocabs(sampled, ["A"], VocabParams(sampling_rate=0.5))["A"]
+    assert v["value"].to_list()[-1] == 7, "unsampled values rank last but keep an id"
+
+
+def test_encoder_matches_a_dict_lookup():
+    rng = np.random.default_rng(0)
+    values = np.unique(rng.integers(0, 2**32, 5000, dtype=np.uint64).astype(np.uint32))
+    vocab = pl.DataFrame({"value": values, "count": np.ones(len(values), np.uint64),
+                          "id": rng.permutation(len(values)).astype(np.uint32) + 1})
+    lookup = dict(zip(vocab["value"].to_list(), vocab["id"].to_list()))
+    queries = np.concatenate([rng.choice(values, 3000), rng.integers(0, 2**32, 1000).astype(np.uint32)])
+    valid = rng.random(len(queries)) > 0.1
+    got = Encoder(vocab).encode(queries, valid)
+    want = [lookup.get(int(q), 0) if ok else 0 for q, ok in zip(queries, valid)]
+    assert got.tolist() == want
+    assert Encoder(vocab.clear()).encode(queries).tolist() == [0] * len(queries)
