@@ -47,7 +47,7 @@ files = [str(f) for f in sorted(Path({folder!r}).glob("day_*.tsv"))]
 t0 = time.perf_counter()
 run_ingest(files, {root!r}, IngestParams("criteo"))
 t1 = time.perf_counter()
-r = run_layout({root!r}, LayoutParams(budget="64MiB"))
+r = run_layout({root!r}, LayoutParams(budget={budget!r}))
 t2 = time.perf_counter()
 # Counting alone, again from the ingested partitions, into a fresh counts folder.
 import shutil
@@ -87,14 +87,14 @@ print(json.dumps({{"seconds": time.perf_counter() - start, "rows": n}}))
 """
 
 
-def measure(workdir: Path, rows: int, days: int) -> dict[str, float]:
+def measure(workdir: Path, rows: int, days: int, budget: str) -> dict[str, float]:
     folder = workdir / f"criteo_{rows}_x{days}"
     run_child(_DATA_CHILD.format(folder=str(folder), per_day=rows // days, days=days,
                                  last=days - 1))
     root = workdir / f"root_{rows}"
     shutil.rmtree(root, ignore_errors=True)
     parse = run_child(_PARSE_CHILD.format(folder=str(folder)))
-    lay = run_child(_LAYOUT_CHILD.format(folder=str(folder), root=str(root)))
+    lay = run_child(_LAYOUT_CHILD.format(folder=str(folder), root=str(root), budget=budget))
     out = {"rows": rows, "parse_s": parse["seconds"], **lay}
     out["end_to_end_ratio"] = (lay["ingest_s"] + lay["layout_s"]) / parse["seconds"]
     # counting covers the training partitions; compare with their share of the parse
@@ -108,12 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--big-rows", type=int, default=5_000_000)
     ap.add_argument("--days", type=int, default=4)
     ap.add_argument("--profiler-rows", type=int, default=200_000)
+    ap.add_argument("--budget", default="16MiB", help="hot-row budget (both hot and cold rows)")
     ap.add_argument("--workdir", type=Path, default=Path("bench/out"))
     args = ap.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
 
-    small = measure(args.workdir, args.rows, args.days)
-    big = measure(args.workdir, args.big_rows, args.days)
+    small = measure(args.workdir, args.rows, args.days, args.budget)
+    big = measure(args.workdir, args.big_rows, args.days, args.budget)
     peer = run_child(_FAE_PROFILER_CHILD.format(
         folder=str(args.workdir / f"criteo_{args.rows}_x{args.days}"), limit=args.profiler_rows))
     ours_per_row = small["count_s"] / small["rows"]

@@ -470,11 +470,14 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     scale: Annotated[float, typer.Option(help="Cardinality scale of the synthetic data.")] = 0.01,
     budget: Annotated[str, typer.Option(help="GPU budget for hot rows.")] = "1MiB",
+    train_steps: Annotated[int, typer.Option(
+        help="Steps of the short CPU training at the end (0 skips it).")] = 100,
     quiet: Quiet = False,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
-    """Run the whole pipeline on synthetic Criteo data: synth -> ingest -> layout -> verify."""
+    """Run the whole pipeline on synthetic Criteo data: synth -> ingest -> layout -> verify
+    -> a short CPU training of the separate trainer."""
     from pipelines.demo import run_demo
 
     with _progress(not quiet and not as_json) as bar:
@@ -489,7 +492,7 @@ def demo(
         result = _guarded(
             debug,
             lambda: run_demo(workdir, rows=rows, days=days, seed=seed, scale=scale,
-                             budget=budget, step=step),
+                             budget=budget, train_steps=train_steps, step=step),
         )
     _emit(as_json, result.to_dict(), lambda: out.print(result.summary()))
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from fae_data.errors import FaeError
 
 from fae_data.ingest import IngestParams
 from fae_data.manifest import load
@@ -21,11 +27,12 @@ class DemoResult:
     ingest: IngestResult
     layout: LayoutResult
     checks: list[Check]
+    training: dict[str, Any] | None  # fae-train's JSON summary, None when skipped
 
     def to_dict(self) -> dict[str, object]:
         return {"workdir": self.workdir, "synth": self.synth.to_dict(),
                 "ingest": self.ingest.to_dict(), "layout": self.layout.to_dict(),
-                "verify": {c.name: c.ok for c in self.checks}}
+                "verify": {c.name: c.ok for c in self.checks}, "train": self.training}
 
     def summary(self) -> str:
         ing = self.ingest
@@ -54,6 +61,19 @@ class DemoResult:
             "  verify: " + ", ".join(
                 f"{c.name} {'ok' if c.ok else 'FAILED'}" for c in self.checks),
         ]
+        t = self.training
+        if t is None:
+            lines.append("  train : skipped")
+        else:
+            sec = t["seconds"]
+            lines += [
+                f"  train : {t['steps']} steps of DLRM, placement {t['placement']} on "
+                f"{t['device']}, {t['samples']:,} samples at {t['samples_per_s']:,.0f}/s "
+                f"(hot {sec['hot']:.1f}s, cold {sec['cold']:.1f}s, sync {sec['sync']:.2f}s, "
+                f"{t['switches']} hot/cold switches)",
+                f"          test AUC {t['test']['auc']:.3f}, logloss {t['test']['logloss']:.3f} "
+                f"(val AUC {t['val']['auc']:.3f})",
+            ]
         return "\n".join(lines)
 
 
@@ -65,6 +85,7 @@ def run_demo(
     seed: int = 0,
     scale: float = 0.01,
     budget: str = "1MiB",
+    train_steps: int = 100,
     step: Callable[[str], None] = lambda _msg: None,
 ) -> DemoResult:
     """Synthesise ``days`` Criteo day files and run every landed stage over them."""
@@ -79,4 +100,25 @@ def run_demo(
     step("verifying the layout")
     manifest, store = load(layout.manifest_path)
     checks = verify_layout(manifest, store)
-    return DemoResult(str(work), synth, ingest, layout, checks)
+    training = None
+    if train_steps > 0:
+        step(f"training DLRM for {train_steps} steps on the CPU (placement fae)")
+        training = run_short_training(layout.manifest_path, train_steps, seed)
+    return DemoResult(str(work), synth, ingest, layout, checks, training)
+
+
+def run_short_training(manifest: str, steps: int, seed: int) -> dict[str, Any]:
+    """A short CPU run of the separate trainer (``trainer.cli``) on a layout.
+
+    The trainer runs as its own process, as it does in production: the pipeline never
+    imports torch.
+    """
+    cmd = [sys.executable, "-m", "trainer.cli", manifest, "--max-steps", str(steps),
+           "--device", "cpu", "--placement", "fae", "--bottom-mlp", "64-16",
+           "--top-mlp", "64-1", "--lr", "0.2", "--eval-batches", "20", "--seed", str(seed),
+           "--json", "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise FaeError("training failed: " + " | ".join(tail))
+    return dict(json.loads(done.stdout))

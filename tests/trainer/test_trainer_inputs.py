@@ -1,0 +1,131 @@
+"""Bad layouts and checkpoints are refused with one clear error before the first step."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from trainer_testlib import CPU_TINY, Layouts
+
+from fae_data.errors import FaeError, ManifestError
+from trainer.cli import main
+from trainer.data import BatchRef, LayoutReader, stream
+from trainer.errors import CheckpointError, TrainerError
+from trainer.train import TrainConfig, Trainer
+
+
+def edit_manifest(path: Path, change) -> None:  # type: ignore[no-untyped-def]
+    d = json.loads(path.read_text())
+    change(d)
+    path.write_text(json.dumps(d))
+
+
+def rewrite_shard(manifest: Path, index: int, change) -> None:  # type: ignore[no-untyped-def]
+    """Rewrite a shard through ``change(table)`` and record its new size and sha256."""
+    d = json.loads(manifest.read_text())
+    shard = d["shards"][index]
+    path = manifest.parent / shard["path"]
+    table = change(pq.read_table(path))
+    pq.write_table(table, path, row_group_size=d["params"]["batch_size"])
+    data = path.read_bytes()
+    shard["bytes"], shard["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    manifest.write_text(json.dumps(d))
+
+
+def first_shard(manifest: Path) -> Path:
+    return manifest.parent / json.loads(manifest.read_text())["shards"][0]["path"]
+
+
+def flip_byte(manifest: Path) -> None:
+    path = first_shard(manifest)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def rename_column(manifest: Path) -> None:
+    rewrite_shard(manifest, 0, lambda t: t.rename_columns(
+        ["X1" if n == "I1" else n for n in t.column_names]))
+
+
+CASES = {
+    "format": (lambda m: edit_manifest(m, lambda d: d.update(format="fae.layout/v9")),
+               ManifestError, r"format 'fae.layout/v9' is not supported"),
+    "checksum": (flip_byte, ManifestError, r"train-hot-00000.parquet: sha256 .* manifest says"),
+    "missing": (lambda m: first_shard(m).unlink(), ManifestError,
+                r"1 of 4 shards do not match .*train-hot-00000.parquet: missing"),
+    "columns": (rename_column, ManifestError,
+                r"column X1 \(float\) where the manifest has I1 \(float\)"),
+    "hot_rows": (lambda m: edit_manifest(m, lambda d: d["tables"][2].update(hot_rows=10**9)),
+                 ManifestError, r"table C3: hot_rows \(1000000000\) must be between 0 and "
+                 r"vocab_size"),
+    "label": (lambda m: edit_manifest(m, lambda d: d["columns"][0].update(role="dense")),
+              TrainerError, r"expected one label column, found \[\]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_layout_refused_before_training(case: str, layout_copy, capsys) -> None:  # type: ignore[no-untyped-def]
+    damage, error, message = CASES[case]
+    manifest = layout_copy()
+    damage(manifest)
+    with pytest.raises(error, match=message):
+        Trainer(TrainConfig(str(manifest), **CPU_TINY))  # type: ignore[arg-type]
+    assert main([str(manifest), "--max-steps", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert issubclass(error, FaeError)
+
+
+def test_out_of_range_id_in_a_hot_shard(layout_copy) -> None:  # type: ignore[no-untyped-def]
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    manifest = layout_copy()
+    rewrite_shard(manifest, 0, lambda t: t.set_column(
+        t.column_names.index("C3"), "C3", pc.add(t["C3"], pa.scalar(10**6, pa.uint32()))))
+    reader = LayoutReader(str(manifest))  # checksums match the rewritten file
+    with pytest.raises(TrainerError, match=r"column C3 has id \d+ outside \[0, hot_rows"):
+        reader.read(BatchRef(0, 0))
+
+
+def test_checkpoint_of_another_vocabulary_is_refused(layouts: Layouts, tmp_path: Path) -> None:
+    Trainer(TrainConfig(layouts.criteo, max_steps=2, log_every=0, eval_batches=1,
+                        checkpoint=str(tmp_path), **CPU_TINY)).fit()  # type: ignore[arg-type]
+    with pytest.raises(CheckpointError, match=r"table C3 has vocab_size \d+ in the checkpoint"):
+        Trainer(TrainConfig(layouts.criteo_other_vocab, resume=str(tmp_path),
+                            **CPU_TINY))  # type: ignore[arg-type]
+    with pytest.raises(CheckpointError, match="was trained with --optimizer sgd"):
+        Trainer(TrainConfig(layouts.criteo, resume=str(tmp_path), optimizer="adagrad",
+                            **CPU_TINY))  # type: ignore[arg-type]
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable trainer checkpoint"):
+        Trainer(TrainConfig(layouts.criteo, resume=str(tmp_path / "junk.pt")))
+
+
+def test_bad_options() -> None:
+    with pytest.raises(TrainerError, match="placement 'tpu'"):
+        TrainConfig("x", placement="tpu")
+    with pytest.raises(TrainerError, match="must end in the embedding dimension 16"):
+        from trainer.model import DLRMConfig
+
+        DLRMConfig(bottom_mlp=(64, 8))
+
+
+def test_stream_reads_minibatches_in_order(layouts: Layouts) -> None:
+    reader = LayoutReader(layouts.criteo)
+    m = reader.manifest
+    refs = reader.refs("train", "cold")[::-1] + reader.refs("val")
+    batches = list(stream(reader, refs, depth=2))
+    assert [b.ref for b in batches] == refs
+    assert [b.rows for b in batches] == [reader.rows(r) for r in refs]
+    assert batches[0].rows == m.shards[refs[0].shard].last_batch_rows  # the short last one
+    b = batches[1]
+    assert b.dense.shape == (m.batch_size, 13) and b.ids.shape == (26, m.batch_size)
+    assert b.label.dtype == b.dense.dtype and b.ids.dtype.is_floating_point is False
+    direct = pq.ParquetFile(reader.store.path(m.shards[refs[1].shard].path)).read_row_group(
+        refs[1].group)
+    assert b.ids[0].tolist() == direct["C1"].to_pylist()

@@ -1,0 +1,139 @@
+"""Placement must not change the math: same order, same seed, same parameters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from trainer_testlib import CPU_TINY, Layouts
+
+from trainer.data import LayoutReader
+from trainer.train import TrainConfig, Trainer
+
+STEPS = 10
+
+
+def train(target: str, placement: str, optimizer: str, steps: int = STEPS, **kw: object
+          ) -> Trainer:
+    options = {"lr": 0.05, "max_steps": steps, "switch_every": 2, "log_every": 0,
+               "eval_batches": 1, **CPU_TINY, **kw}
+    t = Trainer(TrainConfig(target, placement=placement, optimizer=optimizer,
+                            **options))  # type: ignore[arg-type]
+    t.fit()
+    return t
+
+
+def assert_same(a: Trainer, b: Trainer) -> None:
+    for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        torch.testing.assert_close(x.cpu(), y.cpu(), atol=1e-5, rtol=0, msg=name)
+    wa, sa = a.placement.full_tables()
+    wb, sb = b.placement.full_tables()
+    torch.testing.assert_close(wa.cpu(), wb.cpu(), atol=1e-5, rtol=0)
+    if sa is not None:
+        torch.testing.assert_close(sa.cpu(), sb.cpu(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+def test_fae_hybrid_gpu_equal_cpu(layouts: Layouts, optimizer: str) -> None:
+    ref = train(layouts.criteo, "cpu", optimizer)
+    for placement in ("fae", "hybrid", "gpu"):
+        other = train(layouts.criteo, placement, optimizer)
+        assert other.step == ref.step == STEPS
+        assert_same(ref, other)
+    fae = other if other.cfg.placement == "fae" else train(layouts.criteo, "fae", optimizer)
+    assert fae.switches >= 3  # several hot->cold and cold->hot switches were crossed
+    assert fae.placement.copies >= fae.switches
+    # Training moved the tables away from their initialisation, hot rows included.
+    init = Trainer(TrainConfig(layouts.criteo, max_steps=0, **CPU_TINY))  # type: ignore[arg-type]
+    w0, _ = init.placement.full_tables()
+    w1, _ = fae.placement.full_tables()
+    first_table_hot = fae.placement.tables[2].hot_rows
+    span = fae.placement.full.span(2, first_table_hot)
+    assert not torch.allclose(w0[span], w1[span])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+def test_list_columns_fae_equal_cpu(layouts: Layouts, optimizer: str) -> None:
+    ref = train(layouts.lists, "cpu", optimizer, steps=14, switch_every=1)
+    fae = train(layouts.lists, "fae", optimizer, steps=14, switch_every=1)
+    assert fae.switches >= 3
+    assert_same(ref, fae)
+
+
+def test_hot_rows_sync_is_exact_and_lazy(layouts: Layouts) -> None:
+    t = Trainer(TrainConfig(layouts.criteo, placement="fae", optimizer="adagrad",
+                            **CPU_TINY))  # type: ignore[arg-type]
+    pl = t.placement
+    reader = t.reader
+    hot = reader.read(reader.refs("train", "hot")[0])
+    cold = reader.read(reader.refs("train", "cold")[0])
+    t.train_step(hot, "hot", hot.rows)
+    assert pl.copies == 1  # CPU -> accelerator before the first hot step
+    t.train_step(hot, "hot", hot.rows)
+    assert pl.copies == 1
+    assert pl.hot is not None
+    before = pl.copies
+    t.train_step(cold, "cold", cold.rows)  # accelerator -> CPU first
+    assert pl.copies == before + 1
+    t.train_step(hot, "hot", hot.rows)  # the cold step changed hot rows: copy to the hot store
+    assert pl.copies == before + 2
+    pl.prepare("all")  # evaluation: sync back, but the hot copy stays valid
+    assert pl.copies == before + 3
+    for i, spec in enumerate(pl.tables):
+        assert torch.equal(pl.hot.weight[pl.hot.span(i)].cpu(),
+                           pl.full.weight[pl.full.span(i, spec.hot_rows)].cpu())
+        assert pl.hot.state is not None and pl.full.state is not None
+        assert torch.equal(pl.hot.state[pl.hot.span(i)].cpu(),
+                           pl.full.state[pl.full.span(i, spec.hot_rows)].cpu())
+    pl.prepare("hot")
+    assert pl.copies == before + 3  # nothing changed since: no copy
+
+
+def test_list_pooling_is_the_mean_of_item_embeddings(layouts: Layouts) -> None:
+    t = Trainer(TrainConfig(layouts.lists, placement="cpu", **CPU_TINY))  # type: ignore[arg-type]
+    reader = LayoutReader(layouts.lists)
+    batch = reader.read(reader.refs("val")[0])
+    embedded, _ = t.placement.lookup(batch, "all", train=False)
+    item = t.placement.table("item")
+    values, lengths = batch.lists[0]  # hist_items
+    start = 0
+    for row, n in enumerate(lengths.tolist()):
+        ids = values[start:start + n]
+        start += n
+        expect = item[ids].mean(0) if n else torch.zeros(item.shape[1])
+        torch.testing.assert_close(embedded[row, 2], expect)  # after user, item
+    torch.testing.assert_close(embedded[:, 1], item[batch.ids[1]])  # the shared table
+
+
+@pytest.mark.parametrize("pooling", ["mean", "sum"])
+def test_row_gradients_match_autograd(layouts: Layouts, pooling: str) -> None:
+    """The hand-written scatter of gradients onto rows against autograd on a naive lookup."""
+    t = Trainer(TrainConfig(layouts.lists, placement="cpu", list_pooling=pooling,
+                            **CPU_TINY))  # type: ignore[arg-type]
+    reader = t.reader
+    batch = reader.read(reader.refs("train", "cold")[0])
+    embedded, lookup = t.placement.lookup(batch, "cold")
+    upstream = torch.randn_like(embedded)
+    (embedded * upstream).sum().backward()
+    got = t.placement.row_grads(lookup)
+
+    weight = t.placement.full.weight.clone().requires_grad_()
+    base = {name: t.placement.full.offsets[i] for i, name in enumerate(reader.table_names)}
+    feats = []
+    for j, (_, table) in enumerate(reader.schema.scalar):
+        feats.append(weight[batch.ids[j] + base[table]])
+    for (values, lengths), (_, table) in zip(batch.lists, reader.schema.lists):
+        pooled, start = [], 0
+        for n in lengths.tolist():
+            vecs = weight[values[start:start + n] + base[table]]
+            start += n
+            if n == 0:
+                pooled.append(torch.zeros(weight.shape[1]))
+            else:
+                pooled.append(vecs.mean(0) if pooling == "mean" else vecs.sum(0))
+        feats.append(torch.stack(pooled))
+    (torch.stack(feats, 1) * upstream).sum().backward()
+    assert weight.grad is not None
+    torch.testing.assert_close(got, weight.grad[lookup.uniq], atol=1e-6, rtol=1e-5)
+    untouched = torch.ones(weight.shape[0], dtype=torch.bool)
+    untouched[lookup.uniq] = False
+    assert not weight.grad[untouched].any()

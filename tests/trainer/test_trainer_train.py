@@ -1,0 +1,103 @@
+"""End to end: the model learns, resuming equals not stopping, the CLI and its summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from trainer_testlib import CPU_TINY, Layouts
+
+from trainer.cli import main
+from trainer.train import TrainConfig, Trainer
+
+log = logging.getLogger(__name__)
+
+
+def config(target: str, **kw: object) -> TrainConfig:
+    options = {"log_every": 0, "eval_batches": 2, **CPU_TINY, **kw}
+    return TrainConfig(target, **options)  # type: ignore[arg-type]
+
+
+def params(t: Trainer) -> dict[str, torch.Tensor]:
+    weight, state = t.placement.full_tables()
+    out = {f"model.{k}": v.detach().cpu().clone() for k, v in t.model.state_dict().items()}
+    out["tables"] = weight.cpu().clone()
+    if state is not None:
+        out["tables.state"] = state.cpu().clone()
+    for i, group in enumerate(t.optimizer.state_dict()["state"].values()):
+        for k, v in group.items():
+            if isinstance(v, torch.Tensor) and v.numel() > 1:
+                out[f"opt.{i}.{k}"] = v.cpu().clone()
+    return out
+
+
+def test_model_learns(layouts: Layouts) -> None:
+    summary = Trainer(config(layouts.criteo, optimizer="sgd", lr=0.3, epochs=8,
+                             eval_batches=None)).fit()
+    auc = summary["test"]["auc"]
+    print(f"\ntest AUC after 8 epochs on the synthetic layout: {auc:.4f} "
+          f"(val {summary['val']['auc']:.4f}, logloss {summary['test']['logloss']:.4f})")
+    assert auc > 0.6
+    assert summary["steps"] == 8 * 11 and summary["samples"] == 8 * 20_000
+    assert summary["switches"] >= 8 and summary["seconds"]["hot"] > 0
+
+
+@pytest.mark.parametrize("optimizer,schedule", [("sgd", "fixed"), ("adagrad", "adaptive")])
+def test_resume_equals_uninterrupted(layouts: Layouts, tmp_path: Path, optimizer: str,
+                                     schedule: str) -> None:
+    common = {"optimizer": optimizer, "lr": 0.05, "epochs": 2, "schedule": schedule,
+              "switch_every": 3, "adapt_every": 3, "warmup_steps": 4, "decay": "linear"}
+    first = Trainer(config(layouts.criteo, max_steps=7, checkpoint=str(tmp_path), **common))
+    first.fit()
+    resumed = Trainer(config(layouts.criteo, max_steps=16, resume=str(tmp_path), **common))
+    assert resumed.step == 7
+    resumed.fit()
+    straight = Trainer(config(layouts.criteo, max_steps=16, **common))
+    straight.fit()
+    assert resumed.step == straight.step == 16 and resumed.epoch == 1
+    assert resumed.schedule.state_dict() == straight.schedule.state_dict()
+    a, b = params(resumed), params(straight)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=k)
+
+
+def test_resume_on_other_hot_rows(layouts: Layouts, tmp_path: Path) -> None:
+    first = Trainer(config(layouts.criteo, max_steps=5, checkpoint=str(tmp_path)))
+    first.fit()
+    saved, _ = first.placement.full_tables()
+    other = Trainer(config(layouts.criteo_other_budget, resume=str(tmp_path), max_steps=9))
+    assert [t.hot_rows for t in other.placement.tables] != [
+        t.hot_rows for t in first.placement.tables]
+    torch.testing.assert_close(other.placement.full_tables()[0], saved)
+    summary = other.fit()
+    assert summary["steps"] == 9 and summary["layout_id"] != first.reader.manifest.layout_id
+
+
+def test_adaptive_schedule_lengthens_runs(layouts: Layouts) -> None:
+    t = Trainer(config(layouts.criteo, schedule="adaptive", adapt_every=2, adapt_tolerance=1.0,
+                       epochs=2, lr=0.05))
+    summary = t.fit()
+    assert summary["run_length"] > 1
+    assert summary["seconds"]["probe"] > 0
+
+
+def test_cli_json_summary(layouts: Layouts, tmp_path: Path, capsys, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.INFO)
+    code = main([layouts.criteo, "--max-steps", "4", "--log-every", "2", "--eval-every", "2",
+                 "--eval-batches", "1", "--bottom-mlp", "32-16", "--top-mlp", "32-1",
+                 "--optimizer", "adagrad", "--lr", "0.01", "--switch-every", "1", "--device", "cpu",
+                 "--checkpoint", str(tmp_path), "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 4 and summary["placement"] == "fae"
+    assert set(summary["seconds"]) >= {"hot", "cold", "sync"}
+    assert summary["samples_per_s"] > 0 and 0 <= summary["test"]["auc"] <= 1
+    assert Path(summary["checkpoint"]).is_file()
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum(line.startswith("step ") and " | loss " in line for line in lines) == 2
+    assert any("switch" in line for line in lines)
+    assert sum(line.startswith("eval ") for line in lines) == 3  # steps 2, 4 and the end

@@ -1,0 +1,111 @@
+"""Trainer checkpoints: ``torch.save`` files read back with ``torch.load(weights_only=True)``.
+
+A checkpoint holds plain data only (tensors, numbers, strings, lists, dicts): the training
+and model configs it was trained with, the step, the dense model and optimizer state, the
+full embedding tables with their sparse optimizer state, the scheduler state and the
+minibatches already handed out but not yet trained, the torch RNG state, and where it
+came from: ``layout_id`` and a *vocabulary fingerprint* (every table's name and
+vocab_size, plus the sha256 of every vocabulary file).
+
+Ids mean values only through the vocabulary, so a checkpoint resumes on any layout with
+the same fingerprint (the same vocabulary with another budget, i.e. other ``hot_rows``,
+is fine: hot rows are just a prefix) and is refused, before any step, on another one.
+
+Files go to ``DIR/ckpt-<step>.pt`` (written to a temporary name, then renamed) and
+``DIR/LATEST`` names the newest; ``--resume`` takes a file or such a folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fae_data.errors import ManifestError
+from trainer.data import LayoutReader
+from trainer.errors import CheckpointError
+
+FORMAT = "fae.trainer-checkpoint/v1"
+LATEST = "LATEST"
+
+
+def vocab_fingerprint(reader: LayoutReader) -> dict[str, Any]:
+    """Names and sizes of the tables and the sha256 of their vocabulary files."""
+    m, store = reader.manifest, reader.store
+    shas = {}
+    for t in m.tables:
+        if not store.exists(t.vocab_path):
+            raise ManifestError(f"layout {m.layout_id}: vocabulary {store.display(t.vocab_path)} "
+                                f"of table {t.name} is missing")
+        shas[t.name] = store.sha256(t.vocab_path)
+    tables = [[t.name, t.vocab_size] for t in m.tables]
+    digest = hashlib.sha256(json.dumps([tables, shas], sort_keys=True).encode()).hexdigest()
+    return {"tables": tables, "sha256": shas, "digest": digest}
+
+
+def check_vocab(saved: dict[str, Any], current: dict[str, Any], saved_layout: str,
+                layout: str) -> None:
+    """Refuse a checkpoint trained on another vocabulary, naming the first difference."""
+    if saved["digest"] == current["digest"]:
+        return
+    old, new = dict(map(tuple, saved["tables"])), dict(map(tuple, current["tables"]))
+    if list(old) != list(new):
+        why = f"tables {list(old)[:4]}... vs {list(new)[:4]}..."
+    else:
+        diff = [n for n in old if old[n] != new[n]]
+        if diff:
+            n = diff[0]
+            why = f"table {n} has vocab_size {old[n]} in the checkpoint, {new[n]} here"
+        else:
+            n = next(n for n in old if saved["sha256"][n] != current["sha256"][n])
+            why = f"the vocabulary file of table {n} differs (ids map to other values)"
+    raise CheckpointError(
+        f"checkpoint was trained on layout {saved_layout} with vocabulary "
+        f"{saved['digest'][:12]}, layout {layout} has vocabulary {current['digest'][:12]}: "
+        f"{why}. Resume only on a layout built from the same vocabulary, or train from scratch."
+    )
+
+
+def save(folder: str | os.PathLike[str], step: int, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` as ``folder/ckpt-<step>.pt`` and point ``folder/LATEST`` at it."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    final = out / f"ckpt-{step:08d}.pt"
+    tmp = out / f".tmp-{os.getpid()}-{final.name}"
+    torch.save({"format": FORMAT, **payload}, tmp)
+    os.replace(tmp, final)
+    latest_tmp = out / f".tmp-{os.getpid()}-{LATEST}"
+    latest_tmp.write_text(final.name + "\n")
+    os.replace(latest_tmp, out / LATEST)
+    return final
+
+
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """A checkpoint file, or the one ``LATEST`` names in a checkpoint folder."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / LATEST).is_file():
+            raise CheckpointError(f"{p}: a folder without {LATEST}; pass a ckpt-*.pt file")
+        p = p / (p / LATEST).read_text().strip()
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such checkpoint file")
+    return p
+
+
+def load(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint (tensors land on the CPU); refuse anything that is not one."""
+    p = resolve(path)
+    try:
+        # mmap: the tables are read as they are copied into place, not all up front
+        data = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        raise CheckpointError(f"{p}: not a readable trainer checkpoint ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"{p}: format {found!r}, expected {FORMAT!r}")
+    data["path"] = str(p)
+    return data

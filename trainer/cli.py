@@ -1,0 +1,139 @@
+"""``fae-train``: train a DLRM on a published layout.
+
+    fae-train MANIFEST_OR_ROOT [--placement cpu|hybrid|fae|gpu] [--optimizer sgd|adagrad]
+              [--lr 0.1] [--epochs 1] [--max-steps N] [--eval-every N] [--log-every N]
+              [--checkpoint DIR] [--resume PATH] [--schedule fixed|adaptive]
+              [--switch-every N] [--seed 0] [--device auto|cpu|cuda] [--json]
+
+Data parallel: ``torchrun --nproc_per_node=G -m trainer.cli ...`` (see
+:mod:`trainer.distributed`). Errors (a bad layout, a checksum mismatch, a checkpoint of
+another vocabulary) print one ``error: ...`` line and exit 1; ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from fae_data.errors import FaeError
+from trainer import distributed as dp
+from trainer.embedding import SPARSE_OPTIMIZERS
+from trainer.model import LIST_POOLINGS
+from trainer.placement import MODES
+from trainer.schedule import MODES as SCHEDULES
+from trainer.train import DECAYS, DEVICES, TrainConfig, train
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.replace(",", "-").split("-") if w)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected widths like 512-256-64-16") from None
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: widths must be positive integers")
+    return widths
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    d = TrainConfig(target="")
+    ap = argparse.ArgumentParser(
+        prog="fae-train", description="Train a DLRM on an FAE layout (hot rows on the "
+        "accelerator, cold rows on the CPU).")
+    ap.add_argument("target", metavar="MANIFEST_OR_ROOT",
+                    help="manifest.json, a layout folder, or a storage root (its LATEST layout)")
+    ap.add_argument("--placement", choices=MODES, default=d.placement)
+    ap.add_argument("--optimizer", choices=SPARSE_OPTIMIZERS, default=d.optimizer)
+    ap.add_argument("--lr", type=float, default=d.lr)
+    ap.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    ap.add_argument("--decay", choices=DECAYS, default=d.decay,
+                    help="learning-rate decay after warmup, to 0 at --decay-steps")
+    ap.add_argument("--decay-steps", type=int, default=None,
+                    help="default: epochs x steps per epoch")
+    ap.add_argument("--epochs", type=int, default=d.epochs)
+    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--eval-every", type=int, default=d.eval_every,
+                    help="evaluate val/test every N steps (0: at epoch ends only)")
+    ap.add_argument("--eval-batches", type=int, default=None,
+                    help="at most N val and N test minibatches per evaluation")
+    ap.add_argument("--log-every", type=int, default=d.log_every)
+    ap.add_argument("--checkpoint", metavar="DIR", default=None,
+                    help="write a checkpoint after every evaluation")
+    ap.add_argument("--resume", metavar="PATH", default=None,
+                    help="checkpoint file, or a checkpoint folder (its LATEST)")
+    ap.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
+    ap.add_argument("--switch-every", type=int, default=d.switch_every,
+                    help="fixed schedule: longest hot or cold run, in minibatches")
+    ap.add_argument("--adapt-every", type=int, default=d.adapt_every,
+                    help="adaptive schedule: minibatches between held-out probes")
+    ap.add_argument("--adapt-tolerance", type=float, default=d.adapt_tolerance,
+                    help="adaptive schedule: relative held-out loss slack")
+    ap.add_argument("--adapt-batches", type=int, default=d.adapt_batches,
+                    help="adaptive schedule: validation minibatches per probe")
+    ap.add_argument("--adapt-max", type=int, default=d.adapt_max,
+                    help="adaptive schedule: longest run")
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--device", choices=DEVICES, default=d.device)
+    ap.add_argument("--prefetch", type=int, default=d.prefetch,
+                    help="minibatches read ahead on a background thread")
+    ap.add_argument("--bottom-mlp", type=_widths, default=d.bottom_mlp, metavar="W-W-...",
+                    help="bottom MLP widths; the last equals the embedding dimension")
+    ap.add_argument("--top-mlp", type=_widths, default=d.top_mlp, metavar="W-W-...",
+                    help="top MLP widths; the last is 1")
+    ap.add_argument("--list-pooling", choices=LIST_POOLINGS, default=d.list_pooling,
+                    help="pooling of list columns (histories)")
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ap.add_argument("--quiet", action="store_true", help="only warnings and the summary")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    return ap.parse_args(argv)
+
+
+def config_from_args(ns: argparse.Namespace) -> TrainConfig:
+    keys = {f for f in TrainConfig.__dataclass_fields__}
+    return TrainConfig(**{k: v for k, v in vars(ns).items() if k in keys})
+
+
+def _human(s: dict[str, Any]) -> str:
+    def metrics(name: str) -> str:
+        r = s.get(name)
+        if not r:
+            return f"{name} -"
+        auc = "nan" if r["auc"] is None else f"{r['auc']:.4f}"
+        return f"{name} auc {auc} logloss {r['logloss']:.4f} acc {r['accuracy']:.4f}"
+
+    sec = s["seconds"]
+    rate = s["samples_per_s"] or 0.0
+    return (f"trained {s['steps']} steps ({s['samples']:,} samples) on layout {s['layout_id']}, "
+            f"placement {s['placement']} on {s['device']}: {rate:,.0f} samples/s "
+            f"(hot {sec['hot']:.1f}s, cold {sec['cold']:.1f}s, sync {sec['sync']:.2f}s, "
+            f"{s['switches']} switches)\n{metrics('val')}\n{metrics('test')}"
+            + (f"\ncheckpoint {s['checkpoint']}" if s["checkpoint"] else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code."""
+    args = parse_args(argv)
+    level = logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    ctx = None
+    try:
+        ctx = dp.init_from_env(args.device)
+        if ctx is not None and not ctx.is_main:
+            logging.getLogger().setLevel(logging.WARNING)  # only rank 0 logs
+        summary = train(config_from_args(args), ctx)
+        dp.shutdown(ctx)
+    except FaeError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if ctx is None or ctx.is_main:
+        print(json.dumps(summary, indent=2) if args.json else _human(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Every option of a training run (the defaults of ``fae-train``'s flags come from these
+fields) and the choice of device."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+
+from trainer.distributed import DistContext
+from trainer.embedding import SPARSE_OPTIMIZERS
+from trainer.errors import TrainerError
+from trainer.placement import MODES
+
+DECAYS = ("none", "linear", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    target: str  # manifest.json, a layout folder, or a storage root (its LATEST layout)
+    placement: str = "fae"
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    warmup_steps: int = 0
+    decay: str = "none"  # after warmup: none | linear | cosine (to 0 at decay_steps)
+    decay_steps: int | None = None  # default: epochs x steps per epoch
+    epochs: int = 1
+    max_steps: int | None = None
+    eval_every: int = 0  # 0: evaluate at epoch ends only
+    eval_batches: int | None = None  # cap on val/test minibatches per evaluation
+    log_every: int = 50
+    checkpoint: str | None = None  # folder
+    resume: str | None = None  # checkpoint file or folder
+    schedule: str = "fixed"
+    switch_every: int = 8
+    adapt_every: int = 50
+    adapt_tolerance: float = 0.01
+    adapt_batches: int = 4
+    adapt_max: int = 1024
+    seed: int = 0
+    device: str = "auto"
+    prefetch: int = 4
+    bottom_mlp: tuple[int, ...] = (512, 256, 64, 16)
+    top_mlp: tuple[int, ...] = (512, 256, 1)
+    list_pooling: str = "mean"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.placement in MODES, f"placement {self.placement!r}: use {'|'.join(MODES)}"),
+            (self.optimizer in SPARSE_OPTIMIZERS,
+             f"optimizer {self.optimizer!r}: use {'|'.join(SPARSE_OPTIMIZERS)}"),
+            (self.decay in DECAYS, f"decay {self.decay!r}: use {'|'.join(DECAYS)}"),
+            (self.device in DEVICES, f"device {self.device!r}: use {'|'.join(DEVICES)}"),
+            (self.lr > 0, f"lr ({self.lr}) must be > 0"),
+            (self.epochs >= 1, f"epochs ({self.epochs}) must be >= 1"),
+            (self.max_steps is None or self.max_steps >= 0, "max_steps must be >= 0"),
+            (min(self.warmup_steps, self.eval_every, self.log_every) >= 0,
+             "warmup_steps, eval_every and log_every must be >= 0"),
+            (self.prefetch >= 1 and self.adapt_batches >= 1, "prefetch/adapt_batches >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise TrainerError(message)
+        self.bottom_mlp = tuple(self.bottom_mlp)
+        self.top_mlp = tuple(self.top_mlp)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["bottom_mlp"], d["top_mlp"] = list(self.bottom_mlp), list(self.top_mlp)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
+    if ctx is not None:
+        return ctx.device
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainerError("--device cuda, but torch sees no CUDA device (a CPU build?)")
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")

@@ -1,0 +1,89 @@
+"""Embedding tables stored back to back, with explicit sparse SGD and Adagrad.
+
+An :class:`EmbeddingStore` holds several tables (or the hot prefixes of them) as one
+``[rows, dim]`` float32 tensor on one device: table ``t`` occupies rows
+``[offset_t, offset_t + rows_t)``, so an id ``i`` of table ``t`` is the global row
+``offset_t + i``. One flat tensor means one ``unique``, one gather and one update per
+minibatch for all tables, instead of one of each per table (a GPU kernel launch each).
+
+Updates are applied by hand to the rows a minibatch touched, so the optimizer state is a
+plain tensor beside the weights and moving hot rows between devices (FAE's sync) moves
+the state with them, exactly:
+
+- SGD:     ``w[u] -= lr * g``
+- Adagrad: ``s[u] += g * g;  w[u] -= lr * g / (sqrt(s[u]) + eps)`` (``torch.optim.Adagrad``'s
+  sparse rule, initial accumulator 0)
+
+where ``u`` are the unique rows of the minibatch and ``g`` their summed gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+SPARSE_OPTIMIZERS = ("sgd", "adagrad")
+ADAGRAD_EPS = 1e-10
+
+
+class EmbeddingStore:
+    """Tables ``names`` with ``rows`` rows each, back to back on ``device``."""
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        rows: Sequence[int],
+        dim: int,
+        device: torch.device,
+        optimizer: str,
+        eps: float = ADAGRAD_EPS,
+    ) -> None:
+        if optimizer not in SPARSE_OPTIMIZERS:
+            from trainer.errors import TrainerError
+
+            raise TrainerError(
+                f"optimizer {optimizer!r} unknown: use one of {', '.join(SPARSE_OPTIMIZERS)}"
+            )
+        self.names = tuple(names)
+        self.rows = tuple(int(r) for r in rows)
+        self.offsets = tuple(sum(self.rows[:i]) for i in range(len(self.rows)))
+        self.dim = dim
+        self.device = device
+        self.optimizer = optimizer
+        self.eps = eps
+        total = sum(self.rows)
+        self.weight = torch.zeros(total, dim, device=device)
+        self.state = torch.zeros(total, dim, device=device) if optimizer == "adagrad" else None
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows)
+
+    def span(self, table: int, n: int | None = None) -> slice:
+        """Global rows of the first ``n`` ids (default: all) of table number ``table``."""
+        start = self.offsets[table]
+        return slice(start, start + (self.rows[table] if n is None else n))
+
+    def bases(self, tables: Sequence[int]) -> torch.Tensor:
+        """The offsets of ``tables`` as an int64 tensor on this store's device."""
+        return torch.tensor([self.offsets[t] for t in tables], dtype=torch.int64,
+                            device=self.device)
+
+    def apply(self, uniq: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
+        """Update the rows ``uniq`` (unique global rows) with their gradients ``grad``."""
+        if uniq.numel() == 0:
+            return
+        if self.state is None:
+            self.weight.index_add_(0, uniq, grad, alpha=-lr)
+            return
+        s = self.state.index_select(0, uniq).addcmul_(grad, grad)
+        self.state.index_copy_(0, uniq, s)
+        self.weight.index_add_(0, uniq, grad / s.sqrt_().add_(self.eps), alpha=-lr)
+
+
+def coalesce(uniq: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge repeated rows (from several ranks) by summing their gradients."""
+    rows, inverse = torch.unique(uniq, return_inverse=True)
+    summed = torch.zeros(rows.numel(), grad.shape[1], dtype=grad.dtype, device=grad.device)
+    return rows, summed.index_add_(0, inverse, grad)

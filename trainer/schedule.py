@@ -1,0 +1,196 @@
+"""FAE's hot/cold scheduler: the order in which an epoch's minibatches are trained.
+
+Policy. Each epoch shuffles the hot and the cold training minibatches separately (seeded
+by ``(seed, epoch)``) and trains them in *rounds*: a run of hot minibatches, then a run of
+cold ones. The run length ``N`` (``switch_every``) bounds both runs; the hot and cold
+minibatches left are split evenly over the rounds left (``ceil(max(hot, cold) / N)``), so
+both kinds run out together and the hot share stays even through the epoch. Every
+minibatch is taken exactly once per epoch: the schedule is a seeded permutation of all
+training minibatches. A round boundary is where the placement syncs (hot rows copied
+between devices); fewer rounds mean fewer syncs, longer runs mean the model sees one kind
+for longer, which can cost accuracy. Each switch is logged by the training loop, where
+the copy happens and is timed.
+
+Modes and knobs:
+
+- ``fixed``: ``N = switch_every`` for the whole run.
+- ``adaptive``: start switching often (``N = adapt_min``, default 1) and, at a round
+  boundary at least ``adapt_every`` minibatches after the last probe, ask the trainer for
+  a held-out loss (a fixed few validation minibatches). The first probe sets the
+  reference, the loss under frequent switching; afterwards the reference is the best
+  held-out loss seen so far. A probe within ``tolerance`` (relative) of the reference
+  doubles ``N`` (up to ``adapt_max``): switching less did not hurt. A probe above it
+  halves ``N`` (down to ``adapt_min``): switch more often again. ``N`` carries over epochs.
+
+The scheduler does no I/O and holds no model: :meth:`HotColdSchedule.next` hands out one
+minibatch at a time, :meth:`needs_probe` says when the next one must wait for a held-out
+loss, :meth:`report` takes it. :meth:`state_dict` captures everything for a checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from trainer.data import BatchRef
+from trainer.errors import TrainerError
+
+log = logging.getLogger(__name__)
+
+MODES = ("fixed", "adaptive")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    mode: str = "fixed"
+    switch_every: int = 8  # fixed: run length N (minibatches)
+    adapt_min: int = 1  # adaptive: first and smallest N
+    adapt_max: int = 1024  # adaptive: largest N
+    adapt_every: int = 50  # adaptive: minibatches between held-out probes
+    tolerance: float = 0.01  # adaptive: relative held-out loss slack
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise TrainerError(f"schedule {self.mode!r} unknown: use one of {', '.join(MODES)}")
+        for name in ("switch_every", "adapt_min", "adapt_max", "adapt_every"):
+            if getattr(self, name) < 1:
+                raise TrainerError(f"{name} ({getattr(self, name)}) must be >= 1")
+        if self.adapt_min > self.adapt_max:
+            raise TrainerError(f"adapt_min ({self.adapt_min}) must be <= adapt_max "
+                               f"({self.adapt_max})")
+        if self.tolerance < 0:
+            raise TrainerError(f"tolerance ({self.tolerance}) must be >= 0")
+
+
+class HotColdSchedule:
+    """Hands out ``(epoch, ref, kind)`` for ``epochs`` epochs, then ``None``."""
+
+    def __init__(self, hot: list[BatchRef], cold: list[BatchRef], config: ScheduleConfig,
+                 epochs: int) -> None:
+        if epochs < 1:
+            raise TrainerError(f"epochs ({epochs}) must be >= 1")
+        if not hot and not cold:
+            raise TrainerError("no training minibatches to schedule")
+        self.hot, self.cold = list(hot), list(cold)
+        self.config = config
+        self.epochs = epochs
+        self.run_length = config.adapt_min if config.mode == "adaptive" else config.switch_every
+        self.epoch = 0
+        self.emitted = 0  # minibatches handed out, all epochs
+        self.reference: float | None = None  # adaptive: best held-out loss
+        self.last_probe = 0  # adaptive: `emitted` at the last probe
+        self._hot_pos = self._cold_pos = 0
+        self._round: list[tuple[str, int]] = []  # rest of the current round
+        self._new_epoch()
+
+    # -- order ----------------------------------------------------------------------------
+    def _new_epoch(self) -> None:
+        rng = np.random.default_rng([self.config.seed, self.epoch])
+        self._hot_order = rng.permutation(len(self.hot))
+        self._cold_order = rng.permutation(len(self.cold))
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.hot) + len(self.cold)
+
+    def _plan_round(self) -> None:
+        left_hot = len(self.hot) - self._hot_pos
+        left_cold = len(self.cold) - self._cold_pos
+        rounds = max(1, math.ceil(max(left_hot, left_cold) / self.run_length))
+        n_hot, n_cold = math.ceil(left_hot / rounds), math.ceil(left_cold / rounds)
+        self._round = (
+            [("hot", int(i)) for i in self._hot_order[self._hot_pos:self._hot_pos + n_hot]]
+            + [("cold", int(i)) for i in self._cold_order[self._cold_pos:self._cold_pos + n_cold]]
+        )
+        self._round.reverse()  # popped from the end
+        self._hot_pos += n_hot
+        self._cold_pos += n_cold
+
+    def _epoch_done(self) -> bool:
+        return (not self._round and self._hot_pos >= len(self.hot)
+                and self._cold_pos >= len(self.cold))
+
+    def needs_probe(self) -> bool:
+        """True when the next minibatch starts a round and a held-out loss is due first."""
+        if self.config.mode != "adaptive" or self._round or self.done:
+            return False
+        return self.emitted - self.last_probe >= self.config.adapt_every
+
+    def next_kind(self) -> str | None:
+        """Kind of the next minibatch if it belongs to the current round, else None."""
+        return self._round[-1][0] if self._round else None
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.epochs
+
+    def next(self) -> tuple[int, BatchRef, str] | None:
+        """The next minibatch as ``(epoch, ref, kind)``, or None after the last epoch."""
+        if self.done:
+            return None
+        if self.needs_probe():
+            raise RuntimeError("a held-out loss is due: call report() first")
+        if not self._round:
+            self._plan_round()
+        kind, i = self._round.pop()
+        epoch = self.epoch
+        self.emitted += 1
+        if self._epoch_done():
+            self.epoch += 1
+            self._hot_pos = self._cold_pos = 0
+            if not self.done:
+                self._new_epoch()
+        return epoch, (self.hot[i] if kind == "hot" else self.cold[i]), kind
+
+    # -- adaptation -----------------------------------------------------------------------
+    def report(self, loss: float) -> None:
+        """Take the held-out loss of a probe and adapt the run length."""
+        self.last_probe = self.emitted
+        old = self.run_length
+        cfg = self.config
+        if self.reference is None:
+            self.reference = loss
+            verdict = "reference"
+        elif loss <= self.reference * (1.0 + cfg.tolerance):
+            self.run_length = min(cfg.adapt_max, self.run_length * 2)
+            verdict = "within tolerance"
+        else:
+            self.run_length = max(cfg.adapt_min, self.run_length // 2)
+            verdict = "above tolerance"
+        ref = self.reference
+        self.reference = min(self.reference, loss)
+        log.info("schedule: held-out loss %.5f (reference %.5f, %s) -> run length %d -> %d",
+                 loss, ref, verdict, old, self.run_length)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": asdict(self.config), "epoch": self.epoch, "emitted": self.emitted,
+            "run_length": self.run_length, "reference": self.reference,
+            "last_probe": self.last_probe, "hot_pos": self._hot_pos,
+            "cold_pos": self._cold_pos,
+            "round": [[k, i] for k, i in self._round],
+            "batches": [len(self.hot), len(self.cold)],
+        }
+
+    def load_state_dict(self, state: dict[str, Any], same_batches: bool = True) -> None:
+        """Continue where ``state`` stopped; with ``same_batches=False`` (another layout of
+        the same vocabulary) keep the epoch and the run length but restart the epoch."""
+        self.epoch = int(state["epoch"])
+        self.emitted = int(state["emitted"])
+        if self.config.mode == "adaptive":  # a fixed run length follows today's option
+            self.run_length = int(state["run_length"])
+        self.reference = state["reference"]
+        self.last_probe = int(state["last_probe"])
+        self._new_epoch()
+        if same_batches and list(state["batches"]) == [len(self.hot), len(self.cold)]:
+            self._hot_pos, self._cold_pos = int(state["hot_pos"]), int(state["cold_pos"])
+            self._round = [(str(k), int(i)) for k, i in state["round"]]
+        else:
+            self._hot_pos = self._cold_pos = 0
+            self._round = []

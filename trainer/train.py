@@ -1,0 +1,400 @@
+"""The training loop: config, init, batch fetch, evaluation, learning rate, loop.
+
+:class:`~trainer.config.TrainConfig` is every option of ``fae-train``; :class:`Trainer`
+verifies the layout (every shard checksum, columns, ids) and any checkpoint before the first step,
+builds the model and the placement, and :meth:`Trainer.fit` trains in the order of the
+hot/cold scheduler, logging one line per ``log_every`` steps (step, loss, samples/s, the
+time split between hot, cold and sync, switches, phase), evaluating val and test every
+``eval_every`` steps and at each epoch end, checkpointing after each evaluation, and
+returning a JSON-ready summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainer import checkpoint as ckpt_io
+from trainer import distributed as dp
+from trainer.config import DECAYS, DEVICES, TrainConfig, resolve_device
+from trainer.data import Batch, BatchRef, LayoutReader, Prefetcher, stream
+from trainer.errors import CheckpointError, TrainerError
+from trainer.metrics import log_loss, summarize
+from trainer.model import DLRM, DLRMConfig, init_table
+from trainer.placement import Placement, TableSpec
+from trainer.schedule import HotColdSchedule, ScheduleConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DECAYS", "DEVICES", "TrainConfig", "Trainer", "resolve_device", "train"]
+
+
+class Trainer:
+    """One training run over one layout (one rank of it under torchrun)."""
+
+    def __init__(self, config: TrainConfig, ctx: dp.DistContext | None = None) -> None:
+        self.cfg = config
+        self.ctx = ctx
+        self.rank, self.world = (ctx.rank, ctx.world) if ctx else (0, 1)
+        self.is_main = self.rank == 0
+        # Everything that can refuse the run does so here, before the first step.
+        resume = ckpt_io.load(config.resume) if config.resume else None
+        self.reader = LayoutReader(config.target)
+        m = self.reader.manifest
+        self.fingerprint = ckpt_io.vocab_fingerprint(self.reader)
+        if resume is not None:
+            ckpt_io.check_vocab(resume["vocab"], self.fingerprint, resume["layout_id"],
+                                m.layout_id)
+            if resume["config"]["optimizer"] != config.optimizer:
+                raise CheckpointError(
+                    f"{resume['path']} was trained with --optimizer "
+                    f"{resume['config']['optimizer']}, not {config.optimizer}")
+        self.device = resolve_device(config.device, ctx)
+        sch = self.reader.schema
+        self.model_config = (DLRMConfig.from_dict(resume["model_config"]) if resume else
+                             DLRMConfig(len(sch.dense), sch.num_sparse, self.reader.dim,
+                                        config.bottom_mlp, config.top_mlp, config.list_pooling))
+        mc = self.model_config
+        if (mc.num_dense, mc.num_sparse, mc.embedding_dim) != (
+                len(sch.dense), sch.num_sparse, self.reader.dim):
+            raise CheckpointError("the checkpoint's model does not fit this layout's columns")
+
+        # -- model, tables, optimizers ---------------------------------------------------
+        tables = [TableSpec(t.name, t.vocab_size, t.hot_rows) for t in m.tables]
+        self.placement = Placement(config.placement, tables, self.reader.scalar_tables,
+                                   self.reader.list_tables, mc.embedding_dim,
+                                   config.optimizer, self.device, mc.list_pooling)
+        self.compute = self.placement.compute
+        self.model = DLRM(mc, seed=config.seed).to(self.compute)
+        g = torch.Generator().manual_seed(config.seed + 1)
+        for t in m.tables:  # one table at a time: never a second copy of all tables
+            self.placement.fill_table(t.name, init_table(t.vocab_size, mc.embedding_dim, g))
+        params = list(self.model.parameters())
+        self.optimizer: torch.optim.Optimizer = (
+            torch.optim.SGD(params, lr=config.lr) if config.optimizer == "sgd"
+            else torch.optim.Adagrad(params, lr=config.lr, eps=1e-10))
+        self.pin = self.device.type == "cuda" and config.placement != "cpu"
+
+        # -- schedule and counters -------------------------------------------------------
+        hot = self.reader.refs("train", "hot")
+        cold = [r for r in self.reader.refs("train") if self.reader.kind(r) != "hot"]
+        self.schedule = HotColdSchedule(hot, cold, ScheduleConfig(
+            config.schedule, config.switch_every, 1, config.adapt_max, config.adapt_every,
+            config.adapt_tolerance, config.seed), config.epochs)
+        self.steps_per_epoch = math.ceil(self.schedule.batches_per_epoch / self.world)
+        self.step = self.samples = 0
+        self.epoch = 0  # epoch of the last step taken
+        self.queue: deque[tuple[int, list[BatchRef], str]] = deque()  # handed out, untrained
+        self.seconds = {"hot": 0.0, "cold": 0.0, "eval": 0.0, "probe": 0.0}
+        self.switches = 0
+        self.last_eval: dict[str, Any] = {}
+        self.last_checkpoint: str | None = None
+        self._phase: str | None = None
+        self._phase_start = 0.0
+        self._loss_sum = torch.zeros((), device=self.compute)
+        self._loss_steps = 0
+        self._mark = (0, 0, 0.0)  # step, samples, train seconds at the last log line
+        if resume is not None:
+            self._restore(resume)
+
+    # -- learning rate -------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        c = self.cfg
+        if step < c.warmup_steps:
+            return c.lr * (step + 1) / c.warmup_steps
+        if c.decay == "none":
+            return c.lr
+        horizon = c.decay_steps or c.epochs * self.steps_per_epoch
+        progress = min(1.0, (step - c.warmup_steps) / max(1, horizon - c.warmup_steps))
+        if c.decay == "linear":
+            return c.lr * (1.0 - progress)
+        return c.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    # -- one step ------------------------------------------------------------------------
+    def train_step(self, batch: Batch | None, kind: str, total_rows: int) -> torch.Tensor:
+        """One optimizer step; ``batch`` None is a data-parallel rank without a minibatch.
+
+        The loss is the sum of per-sample losses over ``total_rows`` (the rows of the whole
+        step over all ranks), so gradients summed over ranks are the big-batch gradient.
+        """
+        lr = self.lr_at(self.step)
+        self.placement.prepare(kind)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        if batch is not None:
+            embedded, lookup = self.placement.lookup(batch, kind)
+            logits = self.model(batch.dense.to(self.compute, non_blocking=True), embedded)
+            label = batch.label.to(self.compute, non_blocking=True)
+            loss = F.binary_cross_entropy_with_logits(logits, label, reduction="sum") / total_rows
+            loss.backward()
+        else:
+            lookup = self.placement.empty_lookup(kind)
+            loss = torch.zeros((), device=self.compute)
+        uniq, grad = lookup.uniq, self.placement.row_grads(lookup)
+        if self.ctx is not None:
+            dp.all_reduce_grads(self.ctx, list(self.model.parameters()))
+            uniq, grad = dp.all_gather_rows(self.ctx, uniq, grad)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.placement.apply(lookup, uniq, grad, lr)
+        return loss.detach()
+
+    # -- evaluation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, refs: list[BatchRef]) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and click probabilities of ``refs`` (this rank's share of them)."""
+        self.placement.prepare("all")
+        self.model.eval()
+        labels, probs = [], []
+        for batch in stream(self.reader, refs[self.rank::self.world], self.cfg.prefetch, self.pin):
+            embedded, _ = self.placement.lookup(batch, "all", train=False)
+            logits = self.model(batch.dense.to(self.compute, non_blocking=True), embedded)
+            probs.append(torch.sigmoid(logits).float())
+            labels.append(batch.label)
+        if not probs:
+            return np.zeros(0, np.float32), np.zeros(0, np.float32)
+        return torch.cat(labels).numpy(), torch.cat(probs).cpu().numpy()
+
+    def evaluate(self, split: str) -> dict[str, float] | None:
+        refs = self.reader.refs(split)[: self.cfg.eval_batches]
+        if not refs:
+            return None
+        y, p = self.predict(refs)
+        if self.ctx is not None:
+            parts = dp.all_gather_objects(self.ctx, (y, p))
+            y = np.concatenate([a for a, _ in parts])
+            p = np.concatenate([b for _, b in parts])
+        return summarize(y, p)
+
+    def _probe(self) -> None:
+        """Held-out loss for the adaptive schedule (every rank, same minibatches)."""
+        self._pause()
+        start = time.perf_counter()
+        refs = self.reader.refs("val")[: self.cfg.adapt_batches]
+        if not refs:
+            raise TrainerError("--schedule adaptive needs validation minibatches in the layout")
+        rank, world = self.rank, self.world
+        self.rank, self.world = 0, 1  # every rank scores all probe minibatches
+        try:
+            y, p = self.predict(refs)
+        finally:
+            self.rank, self.world = rank, world
+        loss = log_loss(y, p)
+        if self.ctx is not None:
+            loss = dp.all_reduce_sum(self.ctx, loss) / self.world
+        self.schedule.report(loss)
+        self.seconds["probe"] += time.perf_counter() - start
+        self._resume_timer()
+
+    def _evaluate_all(self, why: str) -> None:
+        self._pause()
+        start = time.perf_counter()
+        result = {s: self.evaluate(s) for s in ("val", "test")}
+        self.seconds["eval"] += time.perf_counter() - start
+        self.last_eval = {"step": self.step, "epoch": self.epoch, "why": why,
+                          **{k: v for k, v in result.items() if v is not None}}
+        if self.is_main:
+            log.info("eval %s step %d | %s", why, self.step, " | ".join(
+                f"{s} auc {r['auc']:.4f} logloss {r['logloss']:.4f} acc {r['accuracy']:.4f}"
+                for s, r in result.items() if r is not None) or "no val/test minibatches")
+        if self.cfg.checkpoint:
+            self.save_checkpoint()
+        self._resume_timer()
+
+    # -- timing --------------------------------------------------------------------------
+    def _sync_device(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _pause(self) -> None:
+        if self._phase is not None:
+            self._sync_device()
+            self.seconds[self._phase] += time.perf_counter() - self._phase_start
+
+    def _resume_timer(self) -> None:
+        self._phase_start = time.perf_counter()
+
+    def _enter(self, kind: str) -> None:
+        """Start a hot or cold phase: close the old one's clock, sync rows, log the switch."""
+        phase = "hot" if kind == "hot" else "cold"
+        if phase == self._phase:
+            return
+        self._pause()
+        if self._phase is not None:
+            self.switches += 1
+            if self.is_main:
+                log.info("step %d: switch %s -> %s", self.step, self._phase, phase)
+        self._phase = phase
+        self.placement.prepare(kind)  # timed by the placement as sync
+        self._resume_timer()
+
+    @property
+    def train_seconds(self) -> float:
+        return self.seconds["hot"] + self.seconds["cold"] + self.placement.sync_seconds
+
+    # -- the loop ------------------------------------------------------------------------
+    def _fill(self, pre: Prefetcher) -> None:
+        """Hand out minibatches ahead of training (not past a due held-out probe)."""
+        while len(self.queue) < self.cfg.prefetch and not self.schedule.needs_probe():
+            group = self._next_group()
+            if group is None:
+                return
+            self.queue.append(group)
+            if self.rank < len(group[1]):
+                pre.submit(group[1][self.rank])
+
+    def _next_group(self) -> tuple[int, list[BatchRef], str] | None:
+        """Up to ``world`` consecutive minibatches of one kind: one data-parallel step."""
+        first = self.schedule.next()
+        if first is None:
+            return None
+        epoch, ref, kind = first
+        refs = [ref]
+        while len(refs) < self.world and self.schedule.next_kind() == kind:
+            nxt = self.schedule.next()
+            assert nxt is not None
+            refs.append(nxt[1])
+        return epoch, refs, kind
+
+    def fit(self) -> dict[str, Any]:
+        """Train until the epochs or ``max_steps`` run out; return the summary."""
+        cfg = self.cfg
+        if self.is_main:
+            m = self.reader.manifest
+            log.info("layout %s: %d train minibatches (%d hot, %d cold) of %d, placement %s on "
+                     "%s, %s, schedule %s, world %d", m.layout_id, self.schedule.batches_per_epoch,
+                     len(self.schedule.hot), len(self.schedule.cold), m.batch_size,
+                     cfg.placement, self.device, cfg.optimizer, cfg.schedule, self.world)
+        with Prefetcher(self.reader, cfg.prefetch, self.pin) as pre:
+            for _, refs, _ in self.queue:  # handed out before a checkpoint, not yet trained
+                if self.rank < len(refs):
+                    pre.submit(refs[self.rank])
+            self._resume_timer()
+            while cfg.max_steps is None or self.step < cfg.max_steps:
+                self._fill(pre)
+                if not self.queue:
+                    if self.schedule.needs_probe():
+                        self._probe()
+                        continue
+                    break
+                epoch, refs, kind = self.queue.popleft()
+                if epoch != self.epoch:
+                    self._evaluate_all(f"epoch {self.epoch} end")
+                    self.epoch = epoch
+                batch = pre.get() if self.rank < len(refs) else None
+                self._enter(kind)
+                total = sum(self.reader.rows(r) for r in refs)
+                self._loss_sum += self.train_step(batch, kind, total)
+                self._loss_steps += 1
+                self.step += 1
+                self.samples += total
+                if cfg.log_every and self.step % cfg.log_every == 0:
+                    self._log_interval()
+                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    self._evaluate_all("interval")
+            self._pause()
+            self._phase = None
+        done = self.schedule.done and not self.queue
+        if self._loss_steps:
+            self._log_interval()
+        self._evaluate_all(f"epoch {self.epoch} end" if done else "end")
+        return self.summary()
+
+    def _log_interval(self) -> None:
+        self._pause()
+        loss = self._loss_sum.item() / max(1, self._loss_steps)  # a device sync, once per line
+        if self.ctx is not None:
+            loss = dp.all_reduce_sum(self.ctx, loss)
+        step0, samples0, secs0 = self._mark
+        secs = self.train_seconds
+        rate = (self.samples - samples0) / max(secs - secs0, 1e-9)
+        if self.is_main:
+            total = max(secs, 1e-9)
+            log.info("step %d | epoch %d | loss %.4f | %s samples/s | lr %.4g | hot %.0f%% "
+                     "cold %.0f%% sync %.0f%% | switches %d | run %d | phase %s",
+                     self.step, self.epoch, loss, f"{rate:,.0f}", self.lr_at(self.step),
+                     100 * self.seconds["hot"] / total, 100 * self.seconds["cold"] / total,
+                     100 * self.placement.sync_seconds / total, self.switches,
+                     self.schedule.run_length, self._phase or "-")
+        self._mark = (self.step, self.samples, secs)
+        self._loss_sum.zero_()
+        self._loss_steps = 0
+        self._resume_timer()
+
+    def summary(self) -> dict[str, Any]:
+        secs = self.train_seconds
+        return _json_safe({
+            "layout_id": self.reader.manifest.layout_id, "placement": self.cfg.placement,
+            "device": str(self.device), "optimizer": self.cfg.optimizer,
+            "schedule": self.cfg.schedule, "world_size": self.world, "steps": self.step,
+            "epoch": self.epoch, "samples": self.samples, "train_seconds": secs,
+            "samples_per_s": self.samples / secs if secs > 0 else None,
+            "seconds": {**self.seconds, "sync": self.placement.sync_seconds},
+            "switches": self.switches, "syncs": self.placement.copies,
+            "run_length": self.schedule.run_length, "val": self.last_eval.get("val"),
+            "test": self.last_eval.get("test"), "checkpoint": self.last_checkpoint,
+        })
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        """Write a checkpoint (rank 0; every rank syncs its hot rows back first)."""
+        weight, state = self.placement.full_tables()
+        if not self.is_main or not self.cfg.checkpoint:
+            return
+        path = ckpt_io.save(self.cfg.checkpoint, self.step, {
+            "config": self.cfg.to_dict(), "model_config": self.model_config.to_dict(),
+            "step": self.step, "epoch": self.epoch, "samples": self.samples,
+            "layout_id": self.reader.manifest.layout_id, "vocab": self.fingerprint,
+            "model": self.model.state_dict(), "dense_optimizer": self.optimizer.state_dict(),
+            "embedding": {"weight": weight, "state": state},
+            "schedule": self.schedule.state_dict(),
+            "pending": [[e, [[r.shard, r.group] for r in refs], k] for e, refs, k in self.queue],
+            "rng": {"torch": torch.get_rng_state()}, "world_size": self.world,
+        })
+        self.last_checkpoint = str(path)
+        log.info("checkpoint step %d -> %s", self.step, path)
+
+    def _restore(self, c: dict[str, Any]) -> None:
+        self.model.load_state_dict(c["model"])
+        self.optimizer.load_state_dict(c["dense_optimizer"])
+        self.placement.load_tables(c["embedding"]["weight"], c["embedding"]["state"])
+        self.step, self.epoch, self.samples = int(c["step"]), int(c["epoch"]), int(c["samples"])
+        same = c["layout_id"] == self.reader.manifest.layout_id
+        self.schedule.load_state_dict(c["schedule"], same_batches=same)
+        if same:  # regrouped: the checkpoint may come from another world size
+            for e, refs, k in c["pending"]:
+                for s, g in refs:
+                    last = self.queue[-1] if self.queue else None
+                    if last and last[0] == int(e) and last[2] == k and len(last[1]) < self.world:
+                        last[1].append(BatchRef(int(s), int(g)))
+                    else:
+                        self.queue.append((int(e), [BatchRef(int(s), int(g))], str(k)))
+        elif self.is_main:
+            log.warning("resuming %s from layout %s on layout %s (same vocabulary): epoch %d "
+                        "restarts over this layout's minibatches", c["path"], c["layout_id"],
+                        self.reader.manifest.layout_id, self.schedule.epoch)
+        torch.set_rng_state(c["rng"]["torch"])
+        self._mark = (self.step, self.samples, 0.0)
+        if self.is_main:
+            log.info("resumed %s at step %d, epoch %d", c["path"], self.step, self.epoch)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def train(config: TrainConfig, ctx: dp.DistContext | None = None) -> dict[str, Any]:
+    """Verify, build and train; the summary of :meth:`Trainer.fit`."""
+    return Trainer(config, ctx).fit()
