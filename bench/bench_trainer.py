@@ -37,7 +37,8 @@ def synthetic_layout(workdir: Path, rows: int, days: int, scale: float, budget: 
     root = workdir / tag / "root"
     if (root / "layouts" / "LATEST").is_file():
         return str(root)
-    result = run_demo(workdir / tag, rows=rows, days=days, scale=scale, budget=budget)
+    result = run_demo(workdir / tag, rows=rows, days=days, scale=scale, budget=budget,
+                      train_steps=0)
     return result.layout.manifest_path
 
 
