@@ -60,15 +60,25 @@ def count_values(
     Returns a frame with :data:`COUNT_SCHEMA`, sorted by table then value (nulls first),
     so equal inputs give byte-identical partial files.
     """
+    return to_frame(count_tables(frame, columns, keep))
+
+
+TableCounts = dict[str, pl.DataFrame]  # table -> (value, count), one row per value
+
+
+def count_tables(
+    frame: pl.DataFrame, columns: Mapping[str, str], keep: pl.Series | None = None
+) -> TableCounts:
+    """Like :func:`count_values`, kept per table (cheaper to merge: the key is one uint32)."""
     if keep is not None:
-        present = _count(frame, columns).with_columns(pl.lit(0, pl.UInt64).alias("count"))
-        sampled = _count(frame.filter(keep), columns)
-        return merge_counts([present.lazy(), sampled.lazy()])
+        present = {t: c.with_columns(pl.lit(0, pl.UInt64).alias("count"))
+                   for t, c in _count(frame, columns).items()}
+        return merge_tables([present, _count(frame.filter(keep), columns)])
     return _count(frame, columns)
 
 
-def _count(frame: pl.DataFrame, columns: Mapping[str, str]) -> pl.DataFrame:
-    parts = []
+def _count(frame: pl.DataFrame, columns: Mapping[str, str]) -> TableCounts:
+    per_table: dict[str, list[pl.DataFrame]] = {}
     for column, table in columns.items():
         if column not in frame.columns:
             raise InputError(
@@ -78,34 +88,49 @@ def _count(frame: pl.DataFrame, columns: Mapping[str, str]) -> pl.DataFrame:
         if isinstance(values.dtype, pl.List):
             # explode() turns an empty list into one null: drop those, they are no lookup
             values = values.filter(values.list.len() > 0).explode()
-        counted = values.cast(pl.UInt32).value_counts(name="count")
-        parts.append(
-            counted.select(
-                pl.lit(table, pl.String).alias("table"),
-                pl.col(column).alias("value"),
-                pl.col("count").cast(pl.UInt64),
-            )
+        counted = values.cast(pl.UInt32).rename("value").value_counts(name="count")
+        per_table.setdefault(table, []).append(counted.cast({"count": pl.UInt64}))
+    return {t: parts[0] if len(parts) == 1 else _sum(parts) for t, parts in per_table.items()}
+
+
+def _sum(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    return pl.concat(parts).group_by("value").agg(pl.col("count").sum())
+
+
+def merge_tables(partials: Iterable[TableCounts]) -> TableCounts:
+    """Merge per-table partial counts: the sum per value; order-independent."""
+    collected: dict[str, list[pl.DataFrame]] = {}
+    for partial in partials:
+        for table, counts in partial.items():
+            collected.setdefault(table, []).append(counts)
+    return {t: parts[0] if len(parts) == 1 else _sum(parts) for t, parts in collected.items()}
+
+
+def to_frame(counts: TableCounts) -> pl.DataFrame:
+    """Per-table counts as one :data:`COUNT_SCHEMA` frame sorted by (table, value)."""
+    frames = [
+        c.sort("value", nulls_last=False).select(
+            pl.lit(t, pl.String).alias("table"), pl.col("value"), pl.col("count")
         )
-    tables = list(columns.values())
-    if len(set(tables)) == len(tables):  # one column per table: already unique keys
-        if not parts:
-            return pl.DataFrame(schema=COUNT_SCHEMA)
-        return pl.concat(parts).sort("table", "value", nulls_last=False)
-    return merge_counts(p.lazy() for p in parts)
+        for t, c in sorted(counts.items())
+    ]
+    if not frames:
+        return pl.DataFrame(schema=COUNT_SCHEMA)
+    return pl.concat(frames).cast(COUNT_SCHEMA)  # type: ignore[arg-type]
+
+
+def from_frame(frame: pl.DataFrame) -> TableCounts:
+    """The inverse of :func:`to_frame`."""
+    return {
+        str(key[0]): part.drop("table")
+        for key, part in frame.partition_by("table", as_dict=True, maintain_order=True).items()
+    }
 
 
 def merge_counts(partials: Iterable[pl.LazyFrame]) -> pl.DataFrame:
-    """Merge partial counts: the sum per ``(table, value)``; order-independent."""
-    frames = [p.select(list(COUNT_SCHEMA)).cast(COUNT_SCHEMA) for p in partials]  # type: ignore[arg-type]
-    if not frames:
-        return pl.DataFrame(schema=COUNT_SCHEMA)
-    if len(frames) == 1:  # a partial is already one row per key
-        return frames[0].sort("table", "value", nulls_last=False).collect()
-    return (
-        pl.concat(frames)
-        .group_by("table", "value")
-        .agg(pl.col("count").sum())
-        .sort("table", "value", nulls_last=False)
-        .select(list(COUNT_SCHEMA))
-        .collect()
+    """Merge partial count frames: the sum per ``(table, value)``; order-independent."""
+    tables = merge_tables(
+        from_frame(p.select(list(COUNT_SCHEMA)).cast(COUNT_SCHEMA).collect())  # type: ignore[arg-type]
+        for p in partials
     )
+    return to_frame(tables)

@@ -43,32 +43,37 @@ def _kept(params: VocabParams) -> pl.Expr:
     return pl.col("count") >= params.min_count * params.sampling_rate
 
 
-def build_vocabs(counts: pl.DataFrame, tables: list[str], params: VocabParams) -> dict[str, pl.DataFrame]:
-    """The vocabulary of every table from merged counts: ``(value, count, id)`` by id.
-
-    One sort of all counts (table, count descending, value ascending) ranks every table
-    at once; the id is the rank within the table, starting at 1.
-    """
+def rank_values(counts: pl.DataFrame, params: VocabParams) -> pl.DataFrame:
+    """The vocabulary of one table from its merged ``(value, count)`` counts:
+    ``(value, count, id)`` ordered by id (count descending, then value ascending)."""
     ranked = (
         counts.lazy()
         .filter(pl.col("value").is_not_null() & _kept(params))
-        .sort(["table", "count", "value"], descending=[False, True, False])
-        .with_columns((pl.int_range(pl.len()).over("table") + 1).alias("id"))
+        .sort(["count", "value"], descending=[True, False])
     )
     if params.max_rows is not None:
-        ranked = ranked.filter(pl.col("id") < params.max_rows)
-    ranked_df = ranked.select(
-        "table",
-        pl.col("value").cast(pl.UInt32),
-        pl.col("count").cast(pl.UInt64),
-        pl.col("id").cast(pl.UInt32),
-    ).collect()
+        ranked = ranked.head(params.max_rows - 1)
+    return (
+        ranked.with_row_index("id", offset=1)
+        .select(
+            pl.col("value").cast(pl.UInt32),
+            pl.col("count").cast(pl.UInt64),
+            pl.col("id").cast(pl.UInt32),
+        )
+        .collect()
+    )
+
+
+def build_vocabs(
+    counts: pl.DataFrame, tables: list[str], params: VocabParams
+) -> dict[str, pl.DataFrame]:
+    """The vocabulary of every table from a merged ``(table, value, count)`` frame."""
+    empty = pl.DataFrame(schema={"value": pl.UInt32, "count": pl.UInt64})
     by_table = {
-        str(key[0]): frame.drop("table")
-        for key, frame in ranked_df.partition_by("table", as_dict=True, maintain_order=True).items()
+        str(key[0]): part.drop("table")
+        for key, part in counts.partition_by("table", as_dict=True, maintain_order=True).items()
     }
-    empty = pl.DataFrame(schema=VOCAB_SCHEMA)
-    return {t: by_table.get(t, empty) for t in tables}
+    return {t: rank_values(by_table.get(t, empty), params) for t in tables}
 
 
 def build_vocab(counts: pl.DataFrame, table: str, params: VocabParams) -> pl.DataFrame:

@@ -24,7 +24,16 @@ import pyarrow.parquet as pq
 
 from fae_data import __version__, schema
 from fae_data import manifest as mf
-from fae_data.counts import COUNT_SCHEMA, count_values, merge_counts, sample_mask, sample_rows
+from fae_data.counts import (
+    COUNT_SCHEMA,
+    TableCounts,
+    count_tables,
+    from_frame,
+    merge_tables,
+    sample_mask,
+    sample_rows,
+    to_frame,
+)
 from fae_data.errors import BudgetError, InputError, ManifestError, StorageError
 from fae_data.ingest import INGESTED_DIR, partition_dir, read_marker
 from fae_data.plan import (
@@ -40,7 +49,7 @@ from fae_data.plan import (
 from fae_data.shard import InputPart, LayoutColumns, ShardParams, encode_chunk, write_shards
 from fae_data.storage import Storage
 from fae_data.taobao import SampleParams, build_samples
-from fae_data.vocab import Encoder, VocabParams, build_vocabs, id_counts, table_totals
+from fae_data.vocab import Encoder, VocabParams, id_counts, rank_values
 
 log = logging.getLogger(__name__)
 
@@ -285,16 +294,16 @@ def run_counts(
     rel = (COUNTS_DIR, ref.path.split("/")[1], part.name, f"counts-{key}.parquet")
     if storage.exists(*rel):
         return "/".join(rel)
-    partials: list[pl.DataFrame] = []
+    partials: list[TableCounts] = []
     offset = 0
     columns = list(inputs.columns.sparse)
     for chunk in _iter_chunks(storage, part, columns, _COUNT_CHUNK_ROWS):
         mask = sample_mask(chunk.height, offset, sampling_rate, seed)
         offset += chunk.height
-        partials.append(count_values(chunk, inputs.columns.sparse, mask))
-        if len(partials) >= 8:  # keep memory at about one vocabulary's worth of counts
-            partials = [merge_counts(p.lazy() for p in partials)]
-    counted = merge_counts(p.lazy() for p in partials)
+        partials.append(count_tables(chunk, inputs.columns.sparse, mask))
+        if len(partials) >= 4:  # keep memory at about one vocabulary's worth of counts
+            partials = [merge_tables(partials)]
+    counted = to_frame(merge_tables(partials))
     with storage.open_atomic(*rel) as f:
         counted.write_parquet(f)
     return "/".join(rel)
@@ -317,20 +326,24 @@ def _scan(storage: Storage, part: InputPart) -> pl.LazyFrame:
         return pl.read_parquet(f).lazy()
 
 
-def load_counts(storage: Storage, paths: Sequence[str]) -> pl.DataFrame:
-    frames = []
+def load_counts(storage: Storage, paths: Sequence[str]) -> TableCounts:
+    """Read and merge partial count files (per table, so the merge key is one uint32)."""
+    partials = []
     for p in paths:
         try:
             with storage.fs.open(storage.path(p), "rb") as f:
-                frames.append(pl.read_parquet(f).lazy())
+                frame = pl.read_parquet(f)
         except Exception as exc:  # noqa: BLE001 - any decode failure means a corrupt file
             raise StorageError(
                 f"{storage.display(p)}: corrupt partial count file ({exc}); delete it and rerun"
             ) from None
-    merged = merge_counts(frames)
-    if merged.schema != pl.Schema(COUNT_SCHEMA):
-        raise StorageError(f"partial counts have schema {merged.schema}, expected {COUNT_SCHEMA}")
-    return merged
+        if frame.schema != pl.Schema(COUNT_SCHEMA):
+            raise StorageError(
+                f"{storage.display(p)}: partial counts have schema {frame.schema}, expected "
+                f"{COUNT_SCHEMA}; delete the file and rerun"
+            )
+        partials.append(from_frame(frame))
+    return merge_tables(partials)
 
 
 # --- vocab ----------------------------------------------------------------------------
@@ -352,9 +365,11 @@ def run_vocab(
     merged = load_counts(storage, count_paths)
     vp = VocabParams(params.min_count, params.max_rows, params.sampling_rate)
     tables = list(dict.fromkeys(inputs.columns.sparse.values()))
-    frames = build_vocabs(merged, tables, vp)
-    totals = table_totals(merged)
-    counts = {t: id_counts(totals.get(t, 0), frames[t]) for t in tables}
+    frames, counts = {}, {}
+    for t in tables:
+        table_counts = merged.get(t, pl.DataFrame(schema={"value": pl.UInt32, "count": pl.UInt64}))
+        frames[t] = rank_values(table_counts, vp)
+        counts[t] = id_counts(int(table_counts.get_column("count").sum() or 0), frames[t])
     return Vocabs(tables, frames, counts)
 
 
