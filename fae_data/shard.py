@@ -179,9 +179,12 @@ def write_shards(
         spills = _spill(storage, parts, cols, encoders, hot_rows, params, buckets, tmp, progress)
         result = ShardResult()
         rows_per_shard = max(1, params.shard_bytes // (row_bytes * params.batch_size)) * params.batch_size
-        for (split, kind), files in sorted(
+        streams = sorted(
             spills.files.items(), key=lambda kv: (SPLIT_CODES[kv[0][0]], KIND_CODES[kv[0][1]])
-        ):
+        )
+
+        def write_stream(item: tuple[tuple[str, str], list[str | None]]) -> _Cutter:
+            (split, kind), files = item
             cutter = _Cutter(storage, layout_dir, split, kind, params, rows_per_shard, spills.schema)
             for bucket, path in enumerate(files):
                 if path is None:
@@ -195,8 +198,16 @@ def write_shards(
                 cutter.feed(table)
                 if progress is not None:
                     progress("write shards", table.num_rows)
-            result.shards.extend(cutter.close())
-            result.rows_by_split_and_kind[f"{split}/{kind}"] = cutter.rows_total
+            cutter.close()
+            return cutter
+
+        # The (split, kind) streams are independent; two at a time overlap one stream's
+        # Parquet encoding with another's reading and permuting (Arrow releases the GIL).
+        # Results are collected in stream order, so the manifest does not depend on timing.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fae-shards") as pool:
+            for cutter in pool.map(write_stream, streams):
+                result.shards.extend(cutter.written)
+                result.rows_by_split_and_kind[f"{cutter.split}/{cutter.kind}"] = cutter.rows_total
         result.schema = spills.schema
         return result
     finally:
