@@ -36,6 +36,15 @@ log = logging.getLogger(__name__)
 __all__ = ["DECAYS", "DEVICES", "TrainConfig", "Trainer", "resolve_device", "train"]
 
 
+def _bottom_widths(widths: tuple[int, ...], dim: int) -> tuple[int, ...]:
+    """The default bottom MLP (DLRM's Kaggle 512-256-64-16) ends in the layout's embedding
+    dimension, whatever it is; widths given explicitly are taken as they are (and checked
+    by the model)."""
+    if widths == TrainConfig.__dataclass_fields__["bottom_mlp"].default and widths[-1] != dim:
+        return (*widths[:-1], dim)
+    return widths
+
+
 class Trainer:
     """One training run over one layout (one rank of it under torchrun)."""
 
@@ -60,7 +69,8 @@ class Trainer:
         sch = self.reader.schema
         self.model_config = (DLRMConfig.from_dict(resume["model_config"]) if resume else
                              DLRMConfig(len(sch.dense), sch.num_sparse, self.reader.dim,
-                                        config.bottom_mlp, config.top_mlp, config.list_pooling))
+                                        _bottom_widths(config.bottom_mlp, self.reader.dim),
+                                        config.top_mlp, config.list_pooling))
         mc = self.model_config
         if (mc.num_dense, mc.num_sparse, mc.embedding_dim) != (
                 len(sch.dense), sch.num_sparse, self.reader.dim):

@@ -1,0 +1,147 @@
+"""The DAG adapters in pipelines/tasks.py, without Airflow."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from fae_data.errors import BudgetError, InputError
+from fae_data.ingest import IngestParams, check_name
+from fae_data.synth import write_criteo
+from pipelines import tasks
+from pipelines.ingest import run_ingest
+
+DAYS = ("2024-01-01", "2024-01-02", "2024-01-03")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> str:
+    base = tmp_path_factory.mktemp("tasks")
+    files = write_criteo(base / "raw", rows=500, days=3, scale=0.001, seed=3)
+    run_ingest([str(f) for f in files], str(base / "root"), IngestParams("criteo"),
+               partitions=list(DAYS))
+    return str(base / "root")
+
+
+def test_datasets_setting() -> None:
+    assert tasks.parse_datasets(None) == (tasks.DatasetConfig("criteo", "criteo"),)
+    assert tasks.parse_datasets(" kaggle:criteo , tb:taobao ") == (
+        tasks.DatasetConfig("kaggle", "criteo"), tasks.DatasetConfig("tb", "taobao"))
+    with pytest.raises(InputError, match="kind 'avazu' of dataset 'avazu' is not one of"):
+        tasks.parse_datasets("avazu")
+    with pytest.raises(InputError, match="dataset 'a' appears twice"):
+        tasks.parse_datasets("a:criteo,a:taobao")
+    with pytest.raises(InputError, match="dataset name '../x' is not allowed"):
+        tasks.parse_datasets("../x:criteo")
+
+
+def test_name_pattern_is_the_ingest_rule() -> None:
+    for name in ("criteo", "2024-01-01", "a.b=c_d-e", "-x", "", "a/b", "..", "ä"):
+        try:
+            check_name(name, "dataset")
+            ok = True
+        except InputError:
+            ok = False
+        assert bool(re.match(tasks._NAME_PATTERN, name)) == ok, name
+
+
+def test_flags_roots_and_asset_uris(tmp_path: Path) -> None:
+    assert tasks.env_flag(None) is False and tasks.env_flag("", True) is True
+    assert tasks.env_flag("Yes") is True and tasks.env_flag("off") is False
+    with pytest.raises(InputError, match="use true or false"):
+        tasks.env_flag("maybe")
+    assert tasks.storage_root("s3://bucket/fae/") == "s3://bucket/fae"
+    assert tasks.storage_root(str(tmp_path)) == str(tmp_path)
+    assert tasks.asset_uri("s3://bucket/fae", "ingested", "criteo") == "s3://bucket/fae/ingested/criteo"
+    assert tasks.asset_uri("/data/my root", "layouts") == "file:///data/my%20root/layouts"
+
+
+def test_landing_patterns(tmp_path: Path) -> None:
+    assert tasks.landing_url("s3://l/{dataset}/{ds_nodash}/day.tsv.gz", dataset="c",
+                             ds="2024-01-31") == "s3://l/c/20240131/day.tsv.gz"
+    with pytest.raises(InputError, match=r"placeholders are \{ds\}"):
+        tasks.landing_url("x/{date}.tsv", dataset="c", ds="2024-01-31")
+    day = tmp_path / "20240131"
+    assert tasks.find_landing(str(tmp_path / "{ds_nodash}" / "*.tsv"), dataset="c",
+                              ds="2024-01-31") == []
+    day.mkdir()
+    for name in ("b.tsv", "a.tsv", "skip.txt"):
+        (day / name).write_text("x")
+    found = tasks.find_landing(str(tmp_path / "{ds_nodash}" / "*.tsv"), dataset="c",
+                               ds="2024-01-31")
+    assert found == [str(day / "a.tsv"), str(day / "b.tsv")]
+    assert tasks.day_partitions(found, "2024-01-31") == ["2024-01-31_a", "2024-01-31_b"]
+    assert tasks.day_partitions(found[:1], "2024-01-31") == ["2024-01-31"]
+
+
+def test_validate_pins_partitions_and_reports_existing(root: str) -> None:
+    req = tasks.validate_layout(root, {"budget": "1KiB"})
+    assert req["partitions"] == list(DAYS) and req["exists"] is False
+    assert len(req["layout_id"]) == 16
+    assert tasks.train_partitions(root, req) == list(DAYS[:2])
+    ranged = tasks.validate_layout(root, {"start": DAYS[1]})
+    assert ranged["partitions"] == list(DAYS[1:])
+
+
+@pytest.mark.parametrize("conf, error, message", [
+    ({"budgett": "1KiB"}, InputError, r"unknown param\(s\) \['budgett'\]"),
+    ({"budget": "abc"}, BudgetError, "cannot read memory budget 'abc'"),
+    ({"start": "2024-01-03", "end": "2024-01-01"}, InputError,
+     r"param end \(2024-01-01\) is before start \(2024-01-03\)"),
+    ({"start": "2024-02-30"}, InputError, "param start: '2024-02-30' is not a date"),
+    ({"start": "2025-01-01"}, InputError, "no ingested partitions between 2025-01-01"),
+    ({"partitions": ["2024-01-01"], "start": "2024-01-01"}, InputError,
+     "either partitions or start/end"),
+    ({"partitions": ["2024-01-01", "nope"]}, InputError, "partition 'nope' of dataset"),
+    ({"dataset": "taobao"}, InputError, "not one of the configured datasets"),
+    ({"batch_size": 0}, InputError, r"batch_size \(0\) must be >= 1"),
+])
+def test_validate_refuses_with_a_readable_message(
+    root: str, conf: dict, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        tasks.validate_layout(root, conf, known_datasets=["criteo"])
+
+
+def test_the_ingest_event_chooses_the_dataset(root: str) -> None:
+    events = [{"dataset": "criteo", "ds": DAYS[2]}]
+    assert tasks.validate_layout(root, {"dataset": "x"}, events=events,
+                                 explicit=[])["dataset"] == "criteo"
+    with pytest.raises(InputError, match="several datasets"):
+        tasks.validate_layout(root, {}, events=[*events, {"dataset": "other"}], explicit=[])
+
+
+def test_train_target_and_command(tmp_path: Path) -> None:
+    events = [{"manifest": "old.json"}, {"layout_id": "x"}, {"manifest": "new.json"}]
+    assert tasks.train_target("/r", None, events) == "new.json"
+    assert tasks.train_target("/r", "mine.json", events) == "mine.json"
+    assert tasks.train_target("/r", None, []) == "/r"
+    script = tmp_path / "trainer.py"
+    script.write_text("import json, sys\nprint('step 1')\nprint(json.dumps({'argv': sys.argv[1:]},"
+                      " indent=2))\n")
+    out = tasks.run_training(f"{{python}} {script} {{manifest}} --max-steps {{max_steps}}",
+                             root="/r", manifest="/a path/manifest.json", max_steps=7)
+    assert out["summary"] == {"argv": ["/a path/manifest.json", "--max-steps", "7"]}
+    with pytest.raises(InputError, match="placeholders are"):
+        tasks.run_training("{python} {nope}", root="/r")
+    with pytest.raises(RuntimeError, match="exited with code 3(.|\n)*boom"):
+        tasks.run_training(f"{sys.executable} -c \"print('boom'); raise SystemExit(3)\"",
+                           root="/r")
+
+
+def test_train_timeout_kills_the_trainer_and_its_children(tmp_path: Path) -> None:
+    marker = tmp_path / "child-survived"
+    child = f"import time; time.sleep(3); open({str(marker)!r}, 'w')"
+    script = tmp_path / "slow.py"
+    script.write_text("import subprocess, sys, time\n"
+                      f"subprocess.Popen([sys.executable, '-c', {child!r}])\n"
+                      "print('started', flush=True)\ntime.sleep(60)\n")
+    with pytest.raises(RuntimeError, match="ran past 1 s and was killed(.|\n)*started"):
+        tasks.run_training(f"{{python}} {script}", root="/r", timeout_s=1)
+    import time
+
+    time.sleep(3.5)
+    assert not marker.exists()
