@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import criteo_file, pyarrow_parse_seconds, run_child  # noqa: E402
+from bench._common import criteo_file, run_child  # noqa: E402
 
 _INGEST_CHILD = """
 from fae_data.ingest import IngestParams, ingest_source
