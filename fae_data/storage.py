@@ -4,10 +4,12 @@ Everything that touches the storage root goes through :class:`Storage`, so the r
 library is indifferent to whether the root is ``/data/fae`` or ``s3://bucket/fae``.
 
 Atomicity: on a local filesystem a file is written under a temporary name in the same
-folder and moved into place with ``os.replace`` (atomic on POSIX). On an object store a
-single PUT is atomic by itself, so the object is written in place. Multi-file results are
-committed by writing one small marker object last (a partition's ``_partition.json``, a
-layout's ``manifest.json``); readers look for the marker first.
+folder and moved into place with ``os.replace`` (atomic on POSIX). On an object store an
+object appears whole or not at all (one PUT, or a completed multipart upload), so the
+object is written in place without autocommit and committed only when the block
+succeeds. Multi-file results are committed by writing one small marker object last (a
+partition's ``_partition.json``, a layout's ``manifest.json``); readers look for the
+marker first.
 """
 
 from __future__ import annotations
@@ -101,8 +103,7 @@ class Storage:
         """Open ``parts`` for binary writing; the file appears only if the block succeeds."""
         final = self.path(*parts)
         if not self.is_local:
-            with self.fs.open(final, "wb") as f:
-                yield f
+            yield from self._open_atomic_remote(final, parts)
             return
         folder = posixpath.dirname(final)
         os.makedirs(folder, exist_ok=True)
@@ -116,6 +117,26 @@ class Storage:
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
+            raise
+
+    def _open_atomic_remote(self, final: str, parts: tuple[str, ...]) -> Iterator[IO[bytes]]:
+        # Not autocommitted: closing uploads the bytes (s3fs: the parts of a multipart
+        # upload) but only commit() makes the object appear (s3fs: one PUT or the
+        # completed multipart upload), so a failure inside the block, or a partial
+        # upload, never replaces or creates the object; discard() aborts the upload.
+        try:
+            f = self.fs.open(final, "wb", autocommit=False)
+        except OSError as exc:
+            raise StorageError(f"{self.display(*parts)}: cannot write ({exc})") from None
+        try:
+            yield f
+            f.close()
+            f.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                f.close()
+            with contextlib.suppress(Exception):
+                f.discard()
             raise
 
     def write_bytes_atomic(self, data: bytes, *parts: str) -> None:

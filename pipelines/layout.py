@@ -34,12 +34,11 @@ from fae_data.counts import (
     sample_rows,
     to_frame,
 )
-from fae_data.errors import BudgetError, InputError, ManifestError, StorageError
+from fae_data.errors import InputError, StorageError
 from fae_data.ingest import INGESTED_DIR, partition_dir, read_marker
 from fae_data.plan import (
     PlanParams,
     TableSpec,
-    bytes_per_row,
     default_sweep_budgets,
     knee_index,
     parse_budget,
