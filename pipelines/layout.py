@@ -284,13 +284,21 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def counts_path(
+    inputs: Inputs, part: InputPart, sampling_rate: float, seed: int
+) -> tuple[str, ...]:
+    """Where the partial counts of ``part`` live: keyed by its checksum, input file, rows,
+    sampling parameters and the counted columns."""
+    ref = next(r for r in inputs.refs if r.name == part.name)
+    key = _key(ref.sha256, part.path, part.rows, sampling_rate, seed, dict(inputs.columns.sparse))
+    return (COUNTS_DIR, ref.path.split("/")[1], part.name, f"counts-{key}.parquet")
+
+
 def run_counts(
     storage: Storage, inputs: Inputs, part: InputPart, sampling_rate: float, seed: int
 ) -> str:
     """Partial counts of one partition (skipped when already there). Returns its path."""
-    ref = next(r for r in inputs.refs if r.name == part.name)
-    key = _key(ref.sha256, part.path, part.rows, sampling_rate, seed, dict(inputs.columns.sparse))
-    rel = (COUNTS_DIR, ref.path.split("/")[1], part.name, f"counts-{key}.parquet")
+    rel = counts_path(inputs, part, sampling_rate, seed)
     if storage.exists(*rel):
         return "/".join(rel)
     partials: list[TableCounts] = []
@@ -482,10 +490,7 @@ def _sampling_error(
     }
     exact_paths = []
     for part in inputs.train_parts:
-        ref = next(r for r in inputs.refs if r.name == part.name)
-        key = _key(ref.sha256, part.path, part.rows, 1.0, params.seed,
-                   dict(inputs.columns.sparse))
-        rel = (COUNTS_DIR, ref.path.split("/")[1], part.name, f"counts-{key}.parquet")
+        rel = counts_path(inputs, part, 1.0, params.seed)
         if not storage.exists(*rel):
             return out
         exact_paths.append("/".join(rel))
