@@ -354,3 +354,16 @@ def test_taobao_layout_matches_naive_reference(tmp_path):
 
     assert got("hot") == want_hot
     assert got("cold") == want_cold
+
+
+def test_sampled_profile_keeps_every_value_and_reports_its_error(tmp_path, synthetic_days):
+    exact, _ = build(tmp_path / "r", synthetic_days, budget="64KiB", batch_size=128)
+    sampled = run_layout(str(tmp_path / "r"),
+                         LayoutParams(budget="64KiB", batch_size=128, sampling_rate=0.5)).manifest
+    assert [t.vocab_size for t in sampled.tables] == [t.vocab_size for t in exact.tables]
+    info = sampled.stats["sampling"]
+    assert info["rate"] == 0.5 and info["exact"] is False
+    assert 0.0 < info["hot_set_overlap"] <= 1.0
+    assert info["exact_hot_access_coverage"] == pytest.approx(exact.stats["hot_access_coverage"])
+    assert 0.0 < info["coverage_stderr"] < 0.05
+    assert exact.stats["sampling"] == {"rate": 1.0, "exact": True}
