@@ -11,8 +11,11 @@ share the item table).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from fae_data.errors import InputError
 
@@ -48,7 +51,7 @@ def sample_rows(frame: pl.LazyFrame, rate: float, seed: int) -> pl.LazyFrame:
 
 
 def count_values(
-    frame: pl.DataFrame, columns: Mapping[str, str], keep: pl.Series | None = None
+    frame: pl.DataFrame | pa.Table, columns: Mapping[str, str], keep: pl.Series | None = None
 ) -> pl.DataFrame:
     """Count accesses per ``(table, value)`` over ``columns`` (column name -> table name)
     of an in-memory chunk. List columns count every element.
@@ -64,33 +67,70 @@ def count_values(
 
 
 TableCounts = dict[str, pl.DataFrame]  # table -> (value, count), one row per value
+Chunk = pl.DataFrame | pa.Table | pa.RecordBatch
+
+#: Columns are counted two at a time: numpy's sort releases the GIL (the machines this
+#: targets have 2 cores).
+_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fae-count")
+_VALUE_COUNT_SCHEMA = {"value": pl.UInt32, "count": pl.UInt64}
 
 
-def count_tables(
-    frame: pl.DataFrame, columns: Mapping[str, str], keep: pl.Series | None = None
-) -> TableCounts:
+def count_tables(frame: Chunk, columns: Mapping[str, str], keep: pl.Series | None = None) -> TableCounts:
     """Like :func:`count_values`, kept per table (cheaper to merge: the key is one uint32)."""
+    table = _as_arrow(frame)
     if keep is not None:
         present = {t: c.with_columns(pl.lit(0, pl.UInt64).alias("count"))
-                   for t, c in _count(frame, columns).items()}
-        return merge_tables([present, _count(frame.filter(keep), columns)])
-    return _count(frame, columns)
+                   for t, c in _count(table, columns).items()}
+        return merge_tables([present, _count(table.filter(keep.to_arrow()), columns)])
+    return _count(table, columns)
 
 
-def _count(frame: pl.DataFrame, columns: Mapping[str, str]) -> TableCounts:
+def _as_arrow(frame: Chunk) -> pa.Table | pa.RecordBatch:
+    return frame.to_arrow() if isinstance(frame, pl.DataFrame) else frame
+
+
+def _count(table: pa.Table | pa.RecordBatch, columns: Mapping[str, str]) -> TableCounts:
+    names = table.schema.names
+    for column in columns:
+        if column not in names:
+            raise InputError(f"column {column!r} not found; available: {', '.join(names)}")
+    counted = _POOL.map(lambda c: column_counts(table.column(c)), list(columns))
     per_table: dict[str, list[pl.DataFrame]] = {}
-    for column, table in columns.items():
-        if column not in frame.columns:
-            raise InputError(
-                f"column {column!r} not found; available: {', '.join(frame.columns)}"
-            )
-        values = frame.get_column(column)
-        if isinstance(values.dtype, pl.List):
-            # explode() turns an empty list into one null: drop those, they are no lookup
-            values = values.filter(values.list.len() > 0).explode()
-        counted = values.cast(pl.UInt32).rename("value").value_counts(name="count")
-        per_table.setdefault(table, []).append(counted.cast({"count": pl.UInt64}))
+    for table_name, frame in zip(columns.values(), counted, strict=True):
+        per_table.setdefault(table_name, []).append(frame)
     return {t: parts[0] if len(parts) == 1 else _sum(parts) for t, parts in per_table.items()}
+
+
+def column_counts(column: pa.Array | pa.ChunkedArray) -> pl.DataFrame:
+    """Accesses per value of one column: ``(value, count)`` sorted by value, the nulls
+    (if any) first as value null. A list column counts its elements (an empty or null
+    list is no lookup).
+
+    The kernel sorts instead of hashing: numpy's vectorised sort of uint32 is about 3x
+    faster than a hash group-by on these skewed, high-cardinality columns, and partial
+    count files are stored sorted by value anyway.
+    """
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        arr = arr.flatten()
+    if arr.type != pa.uint32():
+        arr = arr.cast(pa.uint32())
+    nulls = arr.null_count
+    values = np.sort((arr.drop_null() if nulls else arr).to_numpy(zero_copy_only=False))
+    if values.size:
+        first = np.empty(values.size, dtype=bool)
+        first[0] = True
+        np.not_equal(values[1:], values[:-1], out=first[1:])
+        starts = np.flatnonzero(first)
+        counts = np.diff(np.append(starts, values.size)).astype(np.uint64)
+        distinct = values[starts]
+    else:
+        distinct, counts = values.astype(np.uint32), np.zeros(0, dtype=np.uint64)
+    frame = pl.DataFrame({"value": distinct, "count": counts}, schema=_VALUE_COUNT_SCHEMA)
+    if nulls:
+        head = pl.DataFrame({"value": [None], "count": [nulls]}, schema=_VALUE_COUNT_SCHEMA)
+        frame = pl.concat([head, frame])
+    return frame
 
 
 def _sum(parts: list[pl.DataFrame]) -> pl.DataFrame:
@@ -108,15 +148,25 @@ def merge_tables(partials: Iterable[TableCounts]) -> TableCounts:
 
 def to_frame(counts: TableCounts) -> pl.DataFrame:
     """Per-table counts as one :data:`COUNT_SCHEMA` frame sorted by (table, value)."""
+    if not counts:
+        return pl.DataFrame(schema=COUNT_SCHEMA)
     frames = [
-        c.sort("value", nulls_last=False).select(
-            pl.lit(t, pl.String).alias("table"), pl.col("value"), pl.col("count")
-        )
+        (c if _sorted_by_value(c) else c.sort("value", nulls_last=False))
+        .lazy()
+        .select(pl.lit(t, pl.String).alias("table"), pl.col("value"), pl.col("count"))
         for t, c in sorted(counts.items())
     ]
-    if not frames:
-        return pl.DataFrame(schema=COUNT_SCHEMA)
-    return pl.concat(frames).cast(COUNT_SCHEMA)  # type: ignore[arg-type]
+    return pl.concat(frames).cast(COUNT_SCHEMA).collect()  # type: ignore[arg-type]
+
+
+def _sorted_by_value(counts: pl.DataFrame) -> bool:
+    """True when ``counts`` is already in partial-file order (nulls first, then ascending),
+    as :func:`column_counts` leaves it: a linear check instead of a sort."""
+    values = counts.get_column("value")
+    nulls = values.null_count()
+    if nulls > 1 or (nulls == 1 and values[0] is not None):
+        return False
+    return bool(values.slice(nulls).is_sorted())
 
 
 def from_frame(frame: pl.DataFrame) -> TableCounts:

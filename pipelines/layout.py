@@ -304,9 +304,9 @@ def run_counts(
     partials: list[TableCounts] = []
     offset = 0
     columns = list(inputs.columns.sparse)
-    for chunk in _iter_chunks(storage, part, columns, _COUNT_CHUNK_ROWS):
-        mask = sample_mask(chunk.height, offset, sampling_rate, seed)
-        offset += chunk.height
+    for chunk in _iter_batches(storage, part, columns, _COUNT_CHUNK_ROWS):
+        mask = sample_mask(chunk.num_rows, offset, sampling_rate, seed)
+        offset += chunk.num_rows
         partials.append(count_tables(chunk, inputs.columns.sparse, mask))
         if len(partials) >= 4:  # keep memory at about one vocabulary's worth of counts
             partials = [merge_tables(partials)]
@@ -316,14 +316,28 @@ def run_counts(
     return "/".join(rel)
 
 
-def _iter_chunks(
+def _iter_batches(
     storage: Storage, part: InputPart, columns: list[str], rows: int
-) -> Iterator[pl.DataFrame]:
+) -> Iterator[pa.Table]:
+    """``columns`` of a partition in chunks of at most ``rows`` rows (bounded memory).
+
+    Local files go through Polars' Parquet reader, about twice as fast as pyarrow's here;
+    it skips the row groups before each slice. Object stores go through pyarrow on an
+    fsspec file, which reads only the row groups asked for.
+    """
+    if storage.is_local:
+        frame = pl.scan_parquet(storage.path(part.path)).select(columns)
+        offset = 0
+        while True:
+            chunk = frame.slice(offset, rows).collect()
+            if chunk.height:
+                yield chunk.to_arrow()
+            if chunk.height < rows:
+                return
+            offset += rows
     with storage.fs.open(storage.path(part.path), "rb") as f:
         for batch in pq.ParquetFile(f).iter_batches(batch_size=rows, columns=columns):
-            df = pl.from_arrow(batch)
-            assert isinstance(df, pl.DataFrame)
-            yield df
+            yield pa.Table.from_batches([batch])
 
 
 def _scan(storage: Storage, part: InputPart) -> pl.LazyFrame:

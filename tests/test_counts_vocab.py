@@ -9,7 +9,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from fae_data.counts import count_values, merge_counts, sample_mask
+import pyarrow as pa
+
+from fae_data.counts import column_counts, count_values, merge_counts, sample_mask, to_frame
 from fae_data.errors import InputError
 from fae_data.vocab import Encoder, VocabParams, build_vocabs, id_counts, table_totals
 
@@ -43,6 +45,38 @@ def as_dict(counts: pl.DataFrame) -> dict[tuple[str, int | None], int]:
 def test_counts_match_naive_and_lists_count_every_element():
     df = frame(0)
     assert as_dict(count_values(df, COLUMNS)) == naive_counts(df)
+
+
+@pytest.mark.parametrize("values", [
+    [],
+    [None, None],
+    [7, None, 3, 7, 4294967295, 0, None, 3, 7],
+    list(np.random.default_rng(3).zipf(1.3, 5000) % 2**32),
+])
+def test_column_counts_are_sorted_exact_and_nulls_first(values):
+    arr = pa.array(values, pa.uint32())
+    got = column_counts(arr)
+    expected = Counter(values)
+    assert dict(got.iter_rows()) == dict(expected)
+    nulls = expected.pop(None, 0)
+    assert got.get_column("value").to_list() == [None] * (nulls > 0) + sorted(expected)
+    # chunked, list and arrow-table inputs count the same elements
+    assert column_counts(pa.chunked_array([arr[:2], arr[2:]])).equals(got)
+    lists = pa.array([values[:1], [], None, values[1:]], pa.list_(pa.uint32()))
+    assert column_counts(lists).equals(got)
+
+
+def test_arrow_tables_count_like_polars_frames():
+    df = frame(4)
+    assert count_values(df.to_arrow(), COLUMNS).equals(count_values(df, COLUMNS))
+
+
+def test_to_frame_sorts_unsorted_partials():
+    shuffled = pl.DataFrame({"value": [5, None, 2], "count": [1, 2, 3]},
+                            schema={"value": pl.UInt32, "count": pl.UInt64})
+    out = to_frame({"T": shuffled})
+    assert out.get_column("value").to_list() == [None, 2, 5]
+    assert out.get_column("count").to_list() == [2, 3, 1]
 
 
 def test_partials_merge_associatively_in_any_order():
