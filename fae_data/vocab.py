@@ -96,13 +96,15 @@ def id_counts(total: int, vocab: pl.DataFrame) -> np.ndarray:
 
 
 class Encoder:
-    """Maps raw values of one table to ids with a sorted lookup (vectorised, no hashing
-    order to worry about: the same input always gives the same output)."""
+    """Maps raw values of one table to ids (vectorised; the same input always gives the
+    same output)."""
 
     def __init__(self, vocab: pl.DataFrame) -> None:
         by_value = vocab.sort("value")
         self._values = by_value.get_column("value").to_numpy().astype(np.uint32)
         self._ids = by_value.get_column("id").to_numpy().astype(np.uint32)
+        self._value_series = pl.Series("value", self._values)
+        self._id_series = pl.Series("id", self._ids)
 
     @property
     def size(self) -> int:
@@ -113,14 +115,31 @@ class Encoder:
         """Ids of ``values`` (uint32); entries where ``valid`` is False map to 0."""
         if self._values.size == 0:
             return np.zeros(values.shape, dtype=np.uint32)
-        # Binary searches in sorted query order walk the vocabulary front to back and stay
-        # in cache: several times faster than searching in arrival order.
+        if self._values.size <= values.size:
+            ids = self._hash_lookup(values)
+        else:
+            ids = self._sorted_lookup(values)
+        if valid is not None:
+            ids[~valid] = 0
+        return ids
+
+    def _hash_lookup(self, values: np.ndarray) -> np.ndarray:
+        # A hash map of the vocabulary, built per call: 2-4x faster than binary search
+        # while the vocabulary is no larger than the chunk (so building it never costs
+        # more than the lookups it serves).
+        mapped = pl.Series("v", values, dtype=pl.UInt32).replace_strict(
+            self._value_series, self._id_series, default=0, return_dtype=pl.UInt32
+        )
+        return mapped.to_numpy().copy()
+
+    def _sorted_lookup(self, values: np.ndarray) -> np.ndarray:
+        # Large vocabularies (millions of rows for Criteo's big tables): binary searches
+        # in sorted query order walk the vocabulary front to back and stay in cache,
+        # several times faster than searching in arrival order, with nothing to build.
         order = np.argsort(values)
         queries = values[order]
         pos = np.minimum(np.searchsorted(self._values, queries), self._values.size - 1)
         ids_sorted = np.where(self._values[pos] == queries, self._ids[pos], np.uint32(0))
         ids = np.empty(values.shape, dtype=np.uint32)
         ids[order] = ids_sorted
-        if valid is not None:
-            ids[~valid] = 0
         return ids

@@ -55,7 +55,9 @@ log = logging.getLogger(__name__)
 COUNTS_DIR = "counts"
 VOCAB_DIR = "vocab"
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
-_PLAN_SAMPLE_ROWS = 200_000
+#: Rows sampled to predict the hot-input fraction of a budget: its standard error is at
+#: most 0.5/sqrt(n), 0.22 percentage points here, well below what a budget choice needs.
+_PLAN_SAMPLE_ROWS = 50_000
 _COUNT_CHUNK_ROWS = 1_000_000
 
 Step = Callable[[str], None]

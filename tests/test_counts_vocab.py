@@ -129,13 +129,16 @@ def test_vocab_ranks_by_count_then_value_and_id0_takes_the_rest():
     assert v["value"].to_list()[-1] == 7, "unsampled values rank last but keep an id"
 
 
-def test_encoder_matches_a_dict_lookup():
+@pytest.mark.parametrize("repeat", [1, 5], ids=["sorted-search", "hash-lookup"])
+def test_encoder_matches_a_dict_lookup(repeat):
+    """Both lookups (chunks smaller than the vocabulary, and larger) against a dict."""
     rng = np.random.default_rng(0)
     values = np.unique(rng.integers(0, 2**32, 5000, dtype=np.uint64).astype(np.uint32))
     vocab = pl.DataFrame({"value": values, "count": np.ones(len(values), np.uint64),
                           "id": rng.permutation(len(values)).astype(np.uint32) + 1})
     lookup = dict(zip(vocab["value"].to_list(), vocab["id"].to_list()))
-    queries = np.concatenate([rng.choice(values, 3000), rng.integers(0, 2**32, 1000).astype(np.uint32)])
+    queries = np.concatenate([rng.choice(values, 3000 * repeat),
+                              rng.integers(0, 2**32, 1000 * repeat).astype(np.uint32)])
     valid = rng.random(len(queries)) > 0.1
     got = Encoder(vocab).encode(queries, valid)
     want = [lookup.get(int(q), 0) if ok else 0 for q, ok in zip(queries, valid)]
