@@ -68,7 +68,10 @@ _JUNK_FRACTION = 0.5
 _IN_FLIGHT = 2
 #: Bytes Arrow's CSV number conversion strips around a value.
 _ARROW_TRIMS = (b" ", b"\t")
-_DICTIONARY_MAX_DISTINCT = 0.1
+#: Dictionary-encode a column when a sample of its first block has at most this many
+#: distinct values per row (Criteo's small tables, labels, Taobao behaviours).
+_DICTIONARY_MAX_DISTINCT = 0.01
+_DICTIONARY_SAMPLE_ROWS = 10_000
 
 ProgressFn = Callable[[int, int], None]  # (raw bytes read so far, rows so far)
 
@@ -79,8 +82,13 @@ class IngestParams:
 
     kind: str
     max_reject_fraction: float = 0.01
-    block_bytes: int = 32 << 20
-    compression: str = "zstd"
+    # 16 MiB blocks: enough rows for Arrow's parser to use every core, small enough
+    # that parsing the next blocks overlaps writing this one.
+    block_bytes: int = 16 << 20
+    # lz4 rather than zstd: ingest is CPU-bound and partitions are re-read by every
+    # layout; lz4 writes and reads faster for ~1.5x the size (still ~3x smaller than the
+    # raw text). Pass "zstd" for archival partitions.
+    compression: str = "lz4"
 
     def __post_init__(self) -> None:
         schema.raw_format(self.kind)
@@ -364,18 +372,21 @@ def _processed_blocks(
 
 
 def _dictionary_columns(first: pa.Table) -> list[str]:
-    """Columns worth Parquet dictionary encoding, judged on the first block.
+    """Columns worth Parquet dictionary encoding, judged on a sample of the first block.
 
     Dictionary-encoding a column of mostly distinct ids costs time and gains nothing
-    (the writer falls back to plain encoding after filling its dictionary page).
+    (the writer falls back to plain encoding after filling its dictionary page); a
+    column of few values (labels, small tables) shrinks a lot. A sample is enough to
+    tell the two apart.
     """
-    if first.num_rows < 1000:
+    sample = first.slice(0, _DICTIONARY_SAMPLE_ROWS)
+    if sample.num_rows < 1000:
         return list(first.column_names)
-    limit = _DICTIONARY_MAX_DISTINCT * first.num_rows
+    limit = _DICTIONARY_MAX_DISTINCT * sample.num_rows
     return [
         name
-        for name in first.column_names
-        if pc.count_distinct(first.column(name)).as_py() <= limit
+        for name in sample.column_names
+        if pc.count_distinct(sample.column(name)).as_py() <= limit
     ]
 
 
