@@ -202,6 +202,9 @@ def ingest_source(
             log.info("%s: unchanged (sha256 %s), partition kept", source, digest[:12])
             # A run killed after its commit may have left the replaced files behind.
             _remove_unreferenced(storage, folder, old)
+            _check_reject_fraction(source, int(old["rows_in"]), int(old["rows_rejected"]),
+                                   Counter(old.get("reject_reasons", {})), params,
+                                   "The committed partition was kept as it is.")
             return _result_from_marker(old, source, "unchanged", storage)
 
     _remove_unreferenced(storage, folder, old)
@@ -288,14 +291,8 @@ def _write_partition(
         if rows_in != rows_ok + rows_rejected:  # an internal invariant, never user input
             raise RuntimeError(f"{source}: row accounting broke ({rows_in} != "
                                f"{rows_ok} + {rows_rejected})")
-        fraction = rows_rejected / rows_in
-        if fraction > params.max_reject_fraction:
-            raise InputError(
-                f"{source}: {rows_rejected} of {rows_in} lines refused "
-                f"({fraction:.2%}), above the allowed {params.max_reject_fraction:.2%} "
-                f"(--max-reject-fraction); most common: {_top_reasons(reasons)}. "
-                "Nothing was written for this partition."
-            )
+        _check_reject_fraction(source, rows_in, rows_rejected, reasons, params,
+                               "Nothing was written for this partition.")
     except BaseException:
         storage.remove(*folder, data_name)
         storage.remove(*folder, rejects_name)
@@ -585,6 +582,21 @@ def _reason_codes(rejects: pa.Table) -> Counter[str]:
         else:
             codes[reason.split(" at column", 1)[0]] += 1
     return codes
+
+
+def _check_reject_fraction(
+    source: str, rows_in: int, rows_rejected: int, reasons: Counter[str],
+    params: IngestParams, outcome: str,
+) -> None:
+    """Fail when more lines were refused than ``--max-reject-fraction`` allows; also for
+    an unchanged source, whose partition was committed under a looser limit."""
+    fraction = rows_rejected / rows_in if rows_in else 0.0
+    if fraction > params.max_reject_fraction:
+        raise InputError(
+            f"{source}: {rows_rejected} of {rows_in} lines refused "
+            f"({fraction:.2%}), above the allowed {params.max_reject_fraction:.2%} "
+            f"(--max-reject-fraction); most common: {_top_reasons(reasons)}. {outcome}"
+        )
 
 
 def _top_reasons(reasons: Counter[str], n: int = 3) -> str:

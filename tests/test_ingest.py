@@ -752,6 +752,20 @@ def test_rerun_unchanged_and_replaced(shared_data: Path, tmp_path: Path) -> None
     assert table.num_rows == 990
 
 
+def test_unchanged_source_is_held_to_a_stricter_reject_limit(tmp_path: Path) -> None:
+    """A partition committed under a loose limit is not passed silently under a strict one."""
+    good = b"1\t" + b"\t".join([b"1"] * 13) + b"\t" + b"\t".join([b"0000000a"] * 26) + b"\n"
+    src = tmp_path / "day_0.tsv"
+    src.write_bytes(good * 95 + b"not a record\n" * 5)
+    root = tmp_path / "root"
+    assert ingest(src, root, max_reject_fraction=0.1).rows_rejected == 5
+    marker_bytes = (part_dir(root) / MARKER).read_bytes()
+    with pytest.raises(InputError, match=r"5 of 100 lines refused \(5.00%\).*kept as it is"):
+        ingest(src, root, max_reject_fraction=0.01)
+    assert (part_dir(root) / MARKER).read_bytes() == marker_bytes
+    assert ingest(src, root, max_reject_fraction=0.05).status == "unchanged"
+
+
 def test_rerun_cleans_leftovers_of_a_run_killed_after_commit(shared_data: Path, tmp_path: Path) -> None:
     src = shared_data / KAGGLE
     root = tmp_path / "root"
