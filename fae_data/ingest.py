@@ -74,6 +74,7 @@ _DICTIONARY_MAX_DISTINCT = 0.01
 _DICTIONARY_SAMPLE_ROWS = 10_000
 
 ProgressFn = Callable[[int, int], None]  # (raw bytes read so far, rows so far)
+COMPRESSIONS = ("lz4", "zstd", "snappy", "none")
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,10 @@ class IngestParams:
         if not 0.0 <= self.max_reject_fraction <= 1.0:
             raise InputError(
                 f"max_reject_fraction ({self.max_reject_fraction}) must be between 0 and 1"
+            )
+        if self.compression not in COMPRESSIONS:
+            raise InputError(
+                f"compression {self.compression!r} unknown: use one of {', '.join(COMPRESSIONS)}"
             )
         if self.block_bytes < 1 << 16:
             raise InputError(f"block_bytes ({self.block_bytes}) must be at least 65536")

@@ -169,6 +169,10 @@ def ingest(
     max_reject_fraction: Annotated[
         float, typer.Option(help="Fail a partition when more than this share of lines is bad.")
     ] = 0.01,
+    compression: Annotated[
+        str, typer.Option(help="Parquet codec of the partitions: lz4 (fast), zstd (smaller), "
+                               "snappy or none.")
+    ] = "lz4",
     quiet: Quiet = False,
     as_json: AsJson = False,
     debug: Debug = False,
@@ -199,7 +203,8 @@ def ingest(
             lambda: run_ingest(
                 sources,
                 root,
-                IngestParams(kind=kind, max_reject_fraction=max_reject_fraction),
+                IngestParams(kind=kind, max_reject_fraction=max_reject_fraction,
+                             compression=compression),
                 dataset=dataset,
                 partitions=partition,
                 progress=on_progress,

@@ -156,3 +156,21 @@ def test_help(runner: CliRunner) -> None:
     for option in ("--kind", "--root", "--dataset", "--partition", "--max-reject-fraction",
                    "--json", "--quiet", "--debug"):
         assert option in out, option
+
+
+def test_ingest_compression_option(runner: CliRunner, shared_data: Path, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "root"
+    res = runner.invoke(app, ["ingest", str(shared_data / KAGGLE), "--root", str(root),
+                              "--compression", "zstd", "--quiet"])
+    assert res.exit_code == 0, res.output
+    folder = root / "ingested" / "criteo" / "criteo_kaggle_train_head1000"
+    marker = json.loads((folder / "_partition.json").read_text())
+    meta = pq.ParquetFile(folder / marker["data"]).metadata
+    assert meta.row_group(0).column(0).compression == "ZSTD"
+
+    res = runner.invoke(app, ["ingest", str(shared_data / KAGGLE), "--root", str(root),
+                              "--compression", "gzip9"])
+    assert res.exit_code != 0
+    assert "compression 'gzip9' unknown: use one of lz4, zstd, snappy, none" in plain(res.output)
