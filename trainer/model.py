@@ -67,6 +67,11 @@ class DLRMConfig:
             )
         if any(w < 1 for w in self.bottom_mlp + self.top_mlp):
             raise TrainerError("MLP widths must be >= 1")
+        if self.num_dense == 0 and self.num_sparse < 2:
+            raise TrainerError(
+                "a layout without dense features needs at least 2 sparse features (the model "
+                "is their pairwise dots)"
+            )
         if self.list_pooling not in LIST_POOLINGS:
             raise TrainerError(
                 f"list_pooling {self.list_pooling!r} unknown: use one of {', '.join(LIST_POOLINGS)}"
@@ -74,9 +79,13 @@ class DLRMConfig:
 
     @property
     def interaction_dim(self) -> int:
-        """Width of the top MLP input: the bottom output plus one dot per feature pair."""
-        n = self.num_sparse + 1
-        return self.embedding_dim + n * (n - 1) // 2
+        """Width of the top MLP input: the bottom output plus one dot per feature pair.
+
+        Without dense features (Taobao) there is no bottom MLP: an MLP over zero inputs
+        would only learn a constant vector. The top MLP then sees the dots alone.
+        """
+        n = self.num_sparse + (1 if self.num_dense else 0)
+        return (self.embedding_dim if self.num_dense else 0) + n * (n - 1) // 2
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -119,13 +128,18 @@ class DLRM(nn.Module):
         super().__init__()
         self.config = config
         g = torch.Generator().manual_seed(seed)
-        self.bottom = _mlp([config.num_dense, *config.bottom_mlp], g, last_relu=True)
+        self.bottom = (_mlp([config.num_dense, *config.bottom_mlp], g, last_relu=True)
+                       if config.num_dense else None)
         self.top = _mlp([config.interaction_dim, *config.top_mlp], g, last_relu=False)
-        li, lj = torch.tril_indices(config.num_sparse + 1, config.num_sparse + 1, offset=-1)
+        n = config.num_sparse + (1 if config.num_dense else 0)
+        li, lj = torch.tril_indices(n, n, offset=-1)
         self.register_buffer("_li", li, persistent=False)
         self.register_buffer("_lj", lj, persistent=False)
 
     def forward(self, dense: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        if self.bottom is None:  # no dense features: the embeddings interact alone
+            z = torch.bmm(embedded, embedded.transpose(1, 2))  # [B, F, F]
+            return self.top(z[:, self._li, self._lj]).squeeze(1)
         x = self.bottom(dense)  # [B, d]
         t = torch.cat([x.unsqueeze(1), embedded], dim=1)  # [B, F+1, d]
         z = torch.bmm(t, t.transpose(1, 2))  # [B, F+1, F+1]

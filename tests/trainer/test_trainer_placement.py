@@ -137,3 +137,43 @@ def test_row_gradients_match_autograd(layouts: Layouts, pooling: str) -> None:
     untouched = torch.ones(weight.shape[0], dtype=torch.bool)
     untouched[lookup.uniq] = False
     assert not weight.grad[untouched].any()
+
+
+@pytest.fixture(scope="module")
+def taobao_layout(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A layout built by the real pipeline from the real Taobao sample (three "days" of
+    10k events each), not a hand-written one: what the trainer meets in production."""
+    import os
+    from pathlib import Path
+
+    from fae_data.ingest import IngestParams
+    from pipelines.ingest import run_ingest
+    from pipelines.layout import LayoutParams, run_layout
+
+    data = Path(os.environ.get("FAE_SHARED_DATA", "/work/shared/data"))
+    source = data / "taobao_userbehavior_timeorder110k.csv"
+    if not source.exists():
+        pytest.skip(f"real data sample {source} is not available")
+    work = tmp_path_factory.mktemp("taobao-layout")
+    lines = source.read_bytes().splitlines(True)[:30_000]
+    files = []
+    for day in range(3):
+        path = work / f"day_{day}.csv"
+        path.write_bytes(b"".join(lines[day * 10_000:(day + 1) * 10_000]))
+        files.append(str(path))
+    run_ingest(files, str(work / "root"), IngestParams("taobao"), dataset="taobao")
+    result = run_layout(str(work / "root"),
+                        LayoutParams(dataset="taobao", budget="96KiB", batch_size=64))
+    assert result.manifest.stats["rows_by_split_and_kind"]["train/cold"] > 0
+    return result.manifest_path
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+def test_real_taobao_layout_fae_equal_cpu(taobao_layout: str, optimizer: str) -> None:
+    ref = train(taobao_layout, "cpu", optimizer, steps=12, switch_every=1)
+    fae = train(taobao_layout, "fae", optimizer, steps=12, switch_every=1)
+    assert fae.switches >= 3
+    assert_same(ref, fae)
+    summary = fae.summary()
+    assert summary["steps"] == 12
+    assert 0.0 <= summary["test"]["auc"] <= 1.0

@@ -101,3 +101,22 @@ def test_cli_json_summary(layouts: Layouts, tmp_path: Path, capsys, caplog) -> N
     assert sum(line.startswith("step ") and " | loss " in line for line in lines) == 2
     assert any("switch" in line for line in lines)
     assert sum(line.startswith("eval ") for line in lines) == 3  # steps 2, 4 and the end
+
+
+def test_no_dense_features_means_no_bottom_mlp() -> None:
+    """Taobao layouts have no dense column: the model is the embeddings' pairwise dots."""
+    from trainer.errors import TrainerError
+    from trainer.model import DLRM, DLRMConfig
+
+    cfg = DLRMConfig(num_dense=0, num_sparse=5, embedding_dim=4, bottom_mlp=(4,), top_mlp=(8, 1))
+    assert cfg.interaction_dim == 10
+    model = DLRM(cfg)
+    assert model.bottom is None
+    embedded = torch.randn(3, 5, 4)
+    logits = model(torch.zeros(3, 0), embedded)
+    assert logits.shape == (3,)
+    z = embedded @ embedded.transpose(1, 2)
+    li, lj = torch.tril_indices(5, 5, offset=-1)
+    torch.testing.assert_close(logits, model.top(z[:, li, lj]).squeeze(1))
+    with pytest.raises(TrainerError, match="at least 2 sparse features"):
+        DLRMConfig(num_dense=0, num_sparse=1, embedding_dim=4, bottom_mlp=(4,))
