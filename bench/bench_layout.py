@@ -47,7 +47,14 @@ files = [str(f) for f in sorted(Path({folder!r}).glob("day_*.tsv"))]
 t0 = time.perf_counter()
 run_ingest(files, {root!r}, IngestParams("criteo"))
 t1 = time.perf_counter()
-r = run_layout({root!r}, LayoutParams(budget={budget!r}))
+stages, last = {{}}, [t1, None]
+def step(name):
+    now = time.perf_counter()
+    if last[1] is not None:
+        stages[last[1]] = round(now - last[0], 3)
+    last[:] = [now, name]
+r = run_layout({root!r}, LayoutParams(budget={budget!r}), step=step)
+step(None)
 t2 = time.perf_counter()
 # Counting alone, again from the ingested partitions, into a fresh counts folder.
 import shutil
@@ -59,7 +66,7 @@ for p in inputs.parts:
     run_counts(st, inputs, p, 1.0, 0)
 t4 = time.perf_counter()
 vocab_rows = sum(t.vocab_size for t in r.manifest.tables)
-print(json.dumps({{"ingest_s": t1 - t0, "layout_s": t2 - t1, "count_s": t4 - t3,
+print(json.dumps({{"ingest_s": t1 - t0, "layout_s": t2 - t1, "count_s": t4 - t3, "stages": stages,
                   "vocab_rows": vocab_rows, "vocab_mb": vocab_rows * 16 / 2**20,
                   "hot_input_fraction": r.manifest.stats["hot_input_fraction"],
                   "peak_mb": _peak_mb()}}))
@@ -129,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
               f"counting {r['count_s']:.2f}s = {r['count_ratio']:.2f}x (target <= 0.5); "
               f"peak RSS {r['peak_mb']:.0f} MB; vocabularies {r['vocab_rows']:,} rows "
               f"(~{r['vocab_mb']:.0f} MB as value/count/id)")
+        print("  layout stages (s): " + ", ".join(f"{k} {v}" for k, v in r["stages"].items()))
     print(f"counting vs FAE-style Python profiler: {result['count_speedup_vs_fae_profiler']:.0f}x "
           f"faster per row (peer measured on {peer['rows']:,} rows; target >= 100x)")
     print(f"peak RSS {args.big_rows:,} / {args.rows:,} rows: {result['rss_ratio']:.2f} (target <= 1.5)")
