@@ -7,11 +7,16 @@ triggered (their JSON schema: a budget such as "abc", an unknown dataset, a wron
 what a schema cannot say (end before start, no partitions in the range) fails the first
 task, ``validate``, before any work is done.
 
-validate -> resolve -> count (one mapped task per training partition) -> layout (vocab,
-plan, shards, publish) -> report -> announce. Every step is keyed by content, so a rerun
-with the same inputs and Params finds the finished layout and does nothing; ``announce``
-then skips, and the manifest Asset ``fae_layouts`` (which fae_train follows) gets no new
-event.
+validate -> resolve -> count (mapped: one task per training partition) -> plan
+(vocabularies, hot rows) -> encode (mapped: one task per input partition, pass 1 of the
+shuffle) -> shards (mapped: one task per stream, train/hot, train/cold, val/all,
+test/all; pass 2) -> publish (manifest, LATEST) -> report -> announce. The stages hand
+over through files in the layout's staging folder ``layouts/<id>/_build/`` under the
+storage root, which publish removes. Every step is keyed by content, so a rerun with the
+same inputs and Params finds the finished layout and does nothing: plan returns no
+partitions, encode and shards are skipped, publish only describes the layout, and
+``announce`` skips, so the manifest Asset ``fae_layouts`` (which fae_train follows) gets
+no new event.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pipelines.tasks import (
     ENV_DATASETS,
     ENV_STORAGE_ROOT,
     LAYOUT_PARAMS,
+    LAYOUT_STREAMS,
     asset_uri,
     parse_datasets,
     storage_root,
@@ -83,11 +89,30 @@ def fae_layout() -> None:
 
         return count_partition(ROOT, request, partition)
 
-    @task(multiple_outputs=False)
-    def layout(request: dict) -> dict:
-        from pipelines.tasks import build_layout
+    @task
+    def plan(request: dict) -> list[str]:
+        from pipelines.tasks import plan_layout
 
-        return build_layout(ROOT, request)
+        return plan_layout(ROOT, request)
+
+    @task(map_index_template="{{ partition }}", multiple_outputs=False)
+    def encode(request: dict, partition: str) -> dict:
+        from pipelines.tasks import encode_partition
+
+        return encode_partition(ROOT, request, partition)
+
+    @task(map_index_template="{{ stream }}", multiple_outputs=False)
+    def shards(request: dict, stream: str) -> dict:
+        from pipelines.tasks import cut_stream
+
+        return cut_stream(ROOT, request, stream)
+
+    # none_failed: encode and shards are skipped when the layout already exists.
+    @task(trigger_rule="none_failed", multiple_outputs=False)
+    def publish(request: dict) -> dict:
+        from pipelines.tasks import publish_layout
+
+        return publish_layout(ROOT, request)
 
     @task
     def report(built: dict) -> str:
@@ -109,8 +134,12 @@ def fae_layout() -> None:
 
     request = validate()
     counts = count.partial(request=request).expand(partition=resolve(request))
-    built = layout(request)
-    counts >> built
+    partitions = plan(request)
+    counts >> partitions
+    encoded = encode.partial(request=request).expand(partition=partitions)
+    cut = shards.partial(request=request).expand(stream=list(LAYOUT_STREAMS))
+    built = publish(request)
+    encoded >> cut >> built
     announce(built, report(built))
 
 

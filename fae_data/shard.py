@@ -1,16 +1,24 @@
 """Training-ready shards: encode, classify hot/cold, shuffle with bounded memory, cut.
 
-Pass 1 streams every input partition in chunks: raw ids become frequency ranks, dense
-features become float32 ``log(1 + max(x, 0))`` (null -> 0), each training row is
-classified hot (every id of every sparse column, list elements included, is below its
-table's k_t) or cold, and rows are appended to spill files, one per (split, kind,
-bucket), the bucket drawn at random with a seeded generator.
+Pass 1 (:func:`spill_partition`, one input partition at a time) streams a partition in
+chunks: raw ids become frequency ranks, dense features become float32
+``log(1 + max(x, 0))`` (null -> 0), each training row is classified hot (every id of
+every sparse column, list elements included, is below its table's k_t) or cold, and rows
+are appended to spill files, one per (partition, split, kind, bucket), the bucket drawn at
+random with a generator seeded by (seed, partition, chunk).
 
-Pass 2 reads one bucket at a time, permutes it (seeded) and feeds a cutter that writes
-Parquet shards whose row groups are exactly one minibatch of ``batch_size`` rows; only the
-very last batch of a (split, kind) stream may be short, and the manifest records it.
-Random bucket assignment followed by an in-bucket permutation is a uniform shuffle, and
-memory holds one bucket, not the data set. Validation and test rows keep their order.
+Pass 2 (:func:`cut_stream`, one (split, kind) stream at a time) reads one bucket at a
+time (its files of every partition, in partition order), permutes it (seeded) and feeds a
+cutter that writes Parquet shards whose row groups are exactly one minibatch of
+``batch_size`` rows; only the very last batch of a stream may be short, and the manifest
+records it. Random bucket assignment followed by an in-bucket permutation is a uniform
+shuffle, and memory holds one bucket, not the data set. Validation and test rows keep
+their order.
+
+Because the bucket count and shard size come from the layout's total row count
+(:func:`shard_geometry`) and every random draw from a fixed key, the partitions and the
+streams can be processed by separate tasks, in any order, and give the same bytes as
+:func:`write_shards`, which runs both passes in one process.
 """
 
 from __future__ import annotations
@@ -19,16 +27,17 @@ import logging
 import math
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fae_data.errors import InputError
+from fae_data.errors import InputError, StorageError
+from fae_data.spill import SpilledPart, SpillFolder, SpillWriter
 from fae_data.storage import Storage
 from fae_data.vocab import Encoder
 
@@ -36,10 +45,10 @@ log = logging.getLogger(__name__)
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 KIND_CODES = {"hot": 0, "cold": 1, "all": 2}
+#: Every (split, kind) stream, in the order their shards are listed in a manifest.
+STREAMS = ("train/hot", "train/cold", "val/all", "test/all")
 _CHUNK_ROWS = 262_144
 _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fae-encode")
-#: Spill files are local and short-lived: fastest settings.
-_SPILL_OPTIONS = {"compression": "none", "use_dictionary": False, "write_statistics": False}
 
 
 @dataclass(frozen=True)
@@ -159,6 +168,241 @@ def _valid(arr: pa.Array) -> np.ndarray | None:
     return np.asarray(arr.is_valid())
 
 
+# --- geometry and schema: decided once per layout, so that separate tasks agree ---------
+
+
+@dataclass(frozen=True)
+class ShardGeometry:
+    """How a layout's rows are bucketed and cut; every pass-1 and pass-2 task must use
+    the same values, so they are derived once from the layout's total row count."""
+
+    buckets: int  # shuffle buckets per (split, kind) stream
+    rows_per_shard: int  # a whole number of minibatches
+
+
+def shard_geometry(total_rows: int, cols: LayoutColumns, params: ShardParams) -> ShardGeometry:
+    """Buckets so that one bucket fits ``shuffle_memory_bytes``, and shards of about
+    ``shard_bytes`` (both by the uncompressed estimate of :func:`_row_bytes`)."""
+    row_bytes = _row_bytes(cols)
+    buckets = max(1, math.ceil(total_rows * row_bytes / params.shuffle_memory_bytes))
+    batches_per_shard = max(1, params.shard_bytes // (row_bytes * params.batch_size))
+    return ShardGeometry(buckets, batches_per_shard * params.batch_size)
+
+
+def _row_bytes(cols: LayoutColumns) -> int:
+    # label + float32 dense + uint32 ids (list columns counted at ~20 elements)
+    return 1 + 4 * len(cols.dense) + 4 * len(cols.sparse) * 4
+
+
+def shard_schema(cols: LayoutColumns, source: pa.Schema) -> pa.Schema:
+    """The schema :func:`encode_chunk` gives rows of ``source`` (an input partition's
+    schema): int8 label, float32 dense features, uint32 ids, a list of uint32 ids for a
+    list column. Lets a publish step describe the shards without encoding anything.
+
+    Raises:
+        InputError: a column the layout needs is missing from ``source``.
+    """
+    fields = [pa.field(cols.label, pa.int8())]
+    fields += [pa.field(name, pa.float32()) for name in cols.dense]
+    for name in cols.sparse:
+        if source.get_field_index(name) < 0:
+            raise InputError(f"input column {name!r} is missing; the partition has "
+                             f"{', '.join(source.names)}")
+        kind = source.field(name).type
+        is_list = pa.types.is_list(kind) or pa.types.is_large_list(kind)
+        fields.append(pa.field(name, pa.list_(pa.uint32()) if is_list else pa.uint32()))
+    return pa.schema(fields)
+
+
+def layout_schema(storage: Storage, parts: Sequence[InputPart], cols: LayoutColumns) -> pa.Schema:
+    """:func:`shard_schema` of the first input partition (read from its Parquet footer;
+    the partitions of a layout share one schema)."""
+    with storage.fs.open(storage.path(parts[0].path), "rb") as f:
+        return shard_schema(cols, pq.read_schema(f))
+
+
+def check_stream(stream: str) -> tuple[str, str]:
+    """``"train/hot"`` -> ``("train", "hot")``; anything but one of :data:`STREAMS` is an
+    InputError."""
+    if stream not in STREAMS:
+        raise InputError(f"stream {stream!r} unknown: use one of {', '.join(STREAMS)}")
+    split, kind = stream.split("/")
+    return split, kind
+
+
+def streams_of(parts: Sequence[InputPart]) -> list[str]:
+    """The (split, kind) streams the parts' ranges can produce, in :data:`STREAMS` order."""
+    splits = {split for p in parts for split, _, _ in p.ranges}
+    return [s for s in STREAMS if s.split("/")[0] in splits]
+
+
+# --- pass 1: encode and spill one partition -------------------------------------------
+
+
+def spill_partition(
+    spill: SpillFolder,
+    storage: Storage,
+    part_index: int,
+    part: InputPart,
+    cols: LayoutColumns,
+    encoders: Mapping[str, Encoder],
+    hot_rows: Mapping[str, int],
+    params: ShardParams,
+    buckets: int,
+    progress: ProgressFn | None = None,
+) -> SpilledPart:
+    """Pass 1 for one input partition: encode it chunk by chunk, classify training rows
+    hot or cold, and append them to spill files of randomly drawn buckets.
+
+    Buckets are drawn with a generator keyed by ``(seed, part_index, chunk_index)``, so
+    partitions can be spilled in any order, or at once, with the same result. A partition
+    whose index is already there is not spilled again.
+
+    Raises:
+        InputError: the partition holds another number of rows than its marker says.
+        StorageError: the index found was written for another partition or bucket count.
+    """
+    done = spill.read_index(part_index)
+    if done is not None:
+        if (done.name, done.rows, done.buckets) != (part.name, part.rows, buckets):
+            raise StorageError(
+                f"{spill.storage.display(*spill.folder, spill.index_name(part_index))}: "
+                f"spilled partition {done.name!r} ({done.rows} rows, {done.buckets} buckets), "
+                f"expected {part.name!r} ({part.rows} rows, {buckets} buckets); remove the "
+                "spill folder and rerun"
+            )
+        return done
+    writers: dict[tuple[str, int], SpillWriter] = {}
+    row0 = 0
+    try:
+        for chunk_index, chunk in enumerate(_read_chunks(storage, part)):
+            table, hot = encode_chunk(chunk, cols, encoders, hot_rows)
+            rows = np.arange(row0, row0 + table.num_rows)
+            row0 += table.num_rows
+            for split, lo, hi in part.ranges:
+                in_range = (rows >= lo) & (rows < hi)
+                if not in_range.any():
+                    continue
+                if split == "train":
+                    rng = np.random.default_rng([params.seed, part_index, chunk_index])
+                    pieces = _bucketed(table, hot, in_range, rng, buckets)
+                else:
+                    pieces = [(f"{split}/all", 0, table.filter(pa.array(in_range)))]
+                for stream, bucket, piece in pieces:
+                    if (stream, bucket) not in writers:
+                        name = spill.file_name(part_index, stream, bucket)
+                        writers[stream, bucket] = spill.writer(name, piece.schema)
+                    writers[stream, bucket].write(piece)
+            if progress is not None:
+                progress("encode", table.num_rows)
+    finally:
+        for w in writers.values():
+            w.close()
+    if row0 != part.rows:
+        raise InputError(
+            f"partition {part.name}: read {row0} rows, its marker says {part.rows}; "
+            "the partition changed during the layout, rerun"
+        )
+    files: dict[str, list[int]] = {}
+    for stream, bucket in sorted(writers):
+        files.setdefault(stream, []).append(bucket)
+    spilled = SpilledPart(part_index, part.name, row0, buckets, files)
+    spill.write_index(spilled)
+    return spilled
+
+
+def _bucketed(
+    table: pa.Table, hot: np.ndarray, in_range: np.ndarray, rng: np.random.Generator,
+    buckets: int,
+) -> Iterator[tuple[str, int, pa.Table]]:
+    """The training rows of a chunk as (stream, bucket, rows) pieces, in bucket order."""
+    # One stable sort by (kind, bucket), then contiguous slices.
+    key = rng.integers(0, buckets, table.num_rows) + np.where(hot, 0, buckets)
+    idx = np.flatnonzero(in_range)
+    idx = idx[np.argsort(key[idx], kind="stable")]
+    ordered = table.take(pa.array(idx))
+    skeys = key[idx]
+    for k in np.unique(skeys).tolist():
+        lo_i, hi_i = np.searchsorted(skeys, [k, k + 1])
+        stream = "train/hot" if k < buckets else "train/cold"
+        yield stream, k % buckets, ordered.slice(int(lo_i), int(hi_i - lo_i))
+
+
+def _read_chunks(storage: Storage, part: InputPart) -> Iterator[pa.RecordBatch]:
+    with storage.fs.open(storage.path(part.path), "rb") as f:
+        pf = pq.ParquetFile(f)
+        yield from pf.iter_batches(batch_size=_CHUNK_ROWS)
+
+
+# --- pass 2: shuffle and cut one stream -----------------------------------------------
+
+
+@dataclass
+class StreamResult:
+    """The shards one (split, kind) stream was cut into."""
+
+    stream: str
+    rows: int
+    shards: list[WrittenShard]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> StreamResult:
+        return cls(raw["stream"], int(raw["rows"]), [WrittenShard(**s) for s in raw["shards"]])
+
+
+def cut_stream(
+    storage: Storage,
+    layout_dir: tuple[str, ...],
+    spill: SpillFolder,
+    spilled: Sequence[SpilledPart],
+    stream: str,
+    geometry: ShardGeometry,
+    params: ShardParams,
+    progress: ProgressFn | None = None,
+) -> StreamResult:
+    """Pass 2 for one stream: bucket by bucket, the bucket's files of every partition in
+    partition order (the rows a single spill file of the bucket would hold, in the same
+    order), permuted with a generator keyed by (seed, split, kind, bucket) for training
+    streams, fed to a cutter writing ``layout_dir/shards/<split>-<kind>-<n>.parquet``.
+
+    ``spilled`` must hold the index of every input partition. Shard names are fixed, so
+    a rerun overwrites what a crashed run left.
+    """
+    split, kind = check_stream(stream)
+    parts = sorted(spilled, key=lambda s: s.part_index)
+    cutter = _Cutter(storage, layout_dir, split, kind, params, geometry.rows_per_shard)
+    for bucket in sorted({b for s in parts for b in s.files.get(stream, ())}):
+        pieces = [spill.read(spill.file_name(s.part_index, stream, bucket))
+                  for s in parts if s.has(stream, bucket)]
+        table = pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces)
+        if split == "train":
+            rng = np.random.default_rng([params.seed, SPLIT_CODES[split], KIND_CODES[kind], bucket])
+            table = table.take(pa.array(rng.permutation(table.num_rows)))
+        cutter.feed(table)
+        if progress is not None:
+            progress("write shards", table.num_rows)
+    cutter.close()
+    return StreamResult(stream, cutter.rows_total, cutter.written)
+
+
+def collect_streams(results: Iterable[StreamResult], schema: pa.Schema) -> ShardResult:
+    """The layout's shards from its streams' results, in :data:`STREAMS` order whatever
+    order they finished in, so the manifest does not depend on timing. Empty streams
+    write no shards and are left out of the row counts."""
+    out = ShardResult(schema=schema)
+    for r in sorted(results, key=lambda r: STREAMS.index(r.stream)):
+        if r.rows:
+            out.shards.extend(r.shards)
+            out.rows_by_split_and_kind[r.stream] = r.rows
+    return out
+
+
+# --- both passes in one process ---------------------------------------------------------
+
+
 def write_shards(
     storage: Storage,
     layout_dir: tuple[str, ...],
@@ -170,136 +414,29 @@ def write_shards(
     spill_dir: str | None = None,
     progress: ProgressFn | None = None,
 ) -> ShardResult:
-    """Run both passes and write every shard under ``layout_dir/shards/``."""
-    total_rows = sum(p.rows for p in parts)
-    row_bytes = _row_bytes(cols)
-    buckets = max(1, math.ceil(total_rows * row_bytes / params.shuffle_memory_bytes))
-    tmp = Path(tempfile.mkdtemp(prefix="fae-shuffle-", dir=spill_dir))
+    """Run both passes and write every shard under ``layout_dir/shards/``, spilling into
+    a temporary local folder (under ``spill_dir``) that is removed afterwards."""
+    geometry = shard_geometry(sum(p.rows for p in parts), cols, params)
+    tmp = tempfile.mkdtemp(prefix="fae-shuffle-", dir=spill_dir)
+    spill = SpillFolder(Storage(tmp))
     try:
-        spills = _spill(storage, parts, cols, encoders, hot_rows, params, buckets, tmp, progress)
-        result = ShardResult()
-        rows_per_shard = max(1, params.shard_bytes // (row_bytes * params.batch_size)) * params.batch_size
-        streams = sorted(
-            spills.files.items(), key=lambda kv: (SPLIT_CODES[kv[0][0]], KIND_CODES[kv[0][1]])
-        )
+        spilled = [
+            spill_partition(spill, storage, i, part, cols, encoders, hot_rows, params,
+                            geometry.buckets, progress)
+            for i, part in enumerate(parts)
+        ]
 
-        def write_stream(item: tuple[tuple[str, str], list[str | None]]) -> _Cutter:
-            (split, kind), files = item
-            cutter = _Cutter(storage, layout_dir, split, kind, params, rows_per_shard, spills.schema)
-            for bucket, path in enumerate(files):
-                if path is None:
-                    continue
-                table = pq.read_table(path)
-                if split == "train":
-                    rng = np.random.default_rng(
-                        [params.seed, SPLIT_CODES[split], KIND_CODES[kind], bucket]
-                    )
-                    table = table.take(pa.array(rng.permutation(table.num_rows)))
-                cutter.feed(table)
-                if progress is not None:
-                    progress("write shards", table.num_rows)
-            cutter.close()
-            return cutter
+        def cut(stream: str) -> StreamResult:
+            return cut_stream(storage, layout_dir, spill, spilled, stream, geometry, params,
+                              progress)
 
         # The (split, kind) streams are independent; two at a time overlap one stream's
         # Parquet encoding with another's reading and permuting (Arrow releases the GIL).
-        # Results are collected in stream order, so the manifest does not depend on timing.
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fae-shards") as pool:
-            for cutter in pool.map(write_stream, streams):
-                result.shards.extend(cutter.written)
-                result.rows_by_split_and_kind[f"{cutter.split}/{cutter.kind}"] = cutter.rows_total
-        result.schema = spills.schema
-        return result
+            results = list(pool.map(cut, streams_of(parts)))
+        return collect_streams(results, layout_schema(storage, parts, cols))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _row_bytes(cols: LayoutColumns) -> int:
-    # label + float32 dense + uint32 ids (list columns counted at ~20 elements)
-    return 1 + 4 * len(cols.dense) + 4 * len(cols.sparse) * 4
-
-
-@dataclass
-class _Spills:
-    files: dict[tuple[str, str], list[str | None]]
-    schema: pa.Schema | None
-
-
-def _spill(
-    storage: Storage,
-    parts: Sequence[InputPart],
-    cols: LayoutColumns,
-    encoders: Mapping[str, Encoder],
-    hot_rows: Mapping[str, int],
-    params: ShardParams,
-    buckets: int,
-    tmp: Path,
-    progress: ProgressFn | None,
-) -> _Spills:
-    writers: dict[tuple[str, str, int], pq.ParquetWriter] = {}
-    paths: dict[tuple[str, str], list[str | None]] = {}
-    schema: pa.Schema | None = None
-    try:
-        for part_index, part in enumerate(parts):
-            row0 = 0
-            for chunk_index, chunk in enumerate(_read_chunks(storage, part)):
-                table, hot = encode_chunk(chunk, cols, encoders, hot_rows)
-                schema = table.schema
-                rows = np.arange(row0, row0 + table.num_rows)
-                row0 += table.num_rows
-                for split, lo, hi in part.ranges:
-                    in_range = (rows >= lo) & (rows < hi)
-                    if not in_range.any():
-                        continue
-                    if split == "train":
-                        # One stable sort by (kind, bucket), then contiguous slices.
-                        rng = np.random.default_rng([params.seed, part_index, chunk_index])
-                        key = rng.integers(0, buckets, table.num_rows) + np.where(hot, 0, buckets)
-                        idx = np.flatnonzero(in_range)
-                        idx = idx[np.argsort(key[idx], kind="stable")]
-                        ordered = table.take(pa.array(idx))
-                        skeys = key[idx]
-                        for k in np.unique(skeys).tolist():
-                            lo_i, hi_i = np.searchsorted(skeys, [k, k + 1])
-                            kind = "hot" if k < buckets else "cold"
-                            _append(writers, paths, tmp, (split, kind, k % buckets), buckets,
-                                    ordered.slice(int(lo_i), int(hi_i - lo_i)))
-                    else:
-                        _append(writers, paths, tmp, (split, "all", 0), 1,
-                                table.filter(pa.array(in_range)))
-                if progress is not None:
-                    progress("encode", table.num_rows)
-            if row0 != part.rows:
-                raise InputError(
-                    f"partition {part.name}: read {row0} rows, its marker says {part.rows}; "
-                    "the partition changed during the layout, rerun"
-                )
-    finally:
-        for w in writers.values():
-            w.close()
-    return _Spills(paths, schema)
-
-
-def _append(
-    writers: dict[tuple[str, str, int], pq.ParquetWriter],
-    paths: dict[tuple[str, str], list[str | None]],
-    tmp: Path,
-    key: tuple[str, str, int],
-    buckets: int,
-    table: pa.Table,
-) -> None:
-    split, kind, bucket = key
-    if key not in writers:
-        path = tmp / f"{split}-{kind}-{bucket:05d}.parquet"
-        writers[key] = pq.ParquetWriter(path, table.schema, **_SPILL_OPTIONS)
-        paths.setdefault((split, kind), [None] * buckets)[bucket] = str(path)
-    writers[key].write_table(table)
-
-
-def _read_chunks(storage: Storage, part: InputPart) -> Iterator[pa.RecordBatch]:
-    with storage.fs.open(storage.path(part.path), "rb") as f:
-        pf = pq.ParquetFile(f)
-        yield from pf.iter_batches(batch_size=_CHUNK_ROWS)
 
 
 class _Cutter:
@@ -313,7 +450,6 @@ class _Cutter:
         kind: str,
         params: ShardParams,
         rows_per_shard: int,
-        schema: pa.Schema | None,
     ) -> None:
         self.storage = storage
         self.layout_dir = layout_dir
@@ -321,7 +457,6 @@ class _Cutter:
         self.kind = kind
         self.params = params
         self.rows_per_shard = rows_per_shard
-        self.schema = schema
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
         self.rows_total = 0

@@ -88,13 +88,18 @@ class Storage:
         if self.is_local:
             self.fs.makedirs(self.path(*parts), exist_ok=True)
 
-    def open_write(self, *parts: str) -> IO[bytes]:
-        """Open ``parts`` for plain binary writing (callers commit it by a marker)."""
+    def open_write(self, *parts: str, block_size: int | None = None) -> IO[bytes]:
+        """Open ``parts`` for plain binary writing (callers commit it by a marker).
+
+        ``block_size``: bytes an object-store file buffers before it uploads a part
+        (s3fs: 50 MiB by default; many files open at once want less).
+        """
         p = self.path(*parts)
         if self.is_local:
             os.makedirs(posixpath.dirname(p), exist_ok=True)
+        options = {} if block_size is None else {"block_size": block_size}
         try:
-            return self.fs.open(p, "wb")  # type: ignore[no-any-return]
+            return self.fs.open(p, "wb", **options)  # type: ignore[no-any-return]
         except OSError as exc:
             raise StorageError(f"{self.display(*parts)}: cannot write ({exc})") from None
 

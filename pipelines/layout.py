@@ -45,7 +45,14 @@ from fae_data.plan import (
     plan_hot_rows,
     sweep_budgets,
 )
-from fae_data.shard import InputPart, LayoutColumns, ShardParams, encode_chunk, write_shards
+from fae_data.shard import (
+    InputPart,
+    LayoutColumns,
+    ShardParams,
+    ShardResult,
+    encode_chunk,
+    write_shards,
+)
 from fae_data.storage import Storage
 from fae_data.taobao import SampleParams, build_samples
 from fae_data.vocab import Encoder, VocabParams, id_counts, rank_values
@@ -563,14 +570,39 @@ def existing_layout(storage: Storage, lid: str) -> mf.Manifest | None:
     return manifest
 
 
+def profile_layout(
+    storage: Storage,
+    inputs: Inputs,
+    params: LayoutParams,
+    *,
+    sweep: bool = True,
+    step: Step = lambda _m: None,
+    progress: Callable[[str, int], None] | None = None,
+) -> tuple[Vocabs, PlanOutcome]:
+    """counts (cached per partition) -> vocab -> plan: what every way of running a layout
+    does before its shards."""
+    step("counting accesses")
+    count_paths = []
+    for part in inputs.train_parts:
+        count_paths.append(run_counts(storage, inputs, part, params.sampling_rate, params.seed))
+        if progress is not None:
+            progress("count", part.rows)
+    step("building vocabularies")
+    vocabs = run_vocab(storage, inputs, count_paths, params)
+    step("planning hot rows")
+    return vocabs, run_plan(storage, inputs, vocabs, params, sweep=sweep)
+
+
 def run_plan_only(root: str, params: LayoutParams, sweep: bool = True) -> PlanOutcome:
     """counts -> vocab -> plan without writing shards (``fae plan``)."""
     storage = Storage(root)
-    inputs = resolve_inputs(storage, params)
-    paths = [run_counts(storage, inputs, p, params.sampling_rate, params.seed)
-             for p in inputs.train_parts]
-    vocabs = run_vocab(storage, inputs, paths, params)
-    return run_plan(storage, inputs, vocabs, params, sweep=sweep)
+    return profile_layout(storage, resolve_inputs(storage, params), params, sweep=sweep)[1]
+
+
+def shard_params(params: LayoutParams) -> ShardParams:
+    """The shard pass's parameters of a layout (the in-process and the staged run must
+    agree on them to write the same bytes)."""
+    return ShardParams(params.batch_size, params.shard_bytes, seed=params.seed)
 
 
 def run_layout(
@@ -583,8 +615,12 @@ def run_layout(
     force: bool = False,
     fail_after_shards: bool = False,
 ) -> LayoutResult:
-    """counts -> vocab -> plan -> shards -> publish, skipping all of it when the layout
-    with the same content hash is already published (unless ``force``)."""
+    """counts -> vocab -> plan -> shards -> publish in this process, skipping all of it
+    when the layout with the same content hash is already published (unless ``force``).
+
+    The shuffle spills into a local temporary folder (under ``spill_dir``); the same
+    stages as separate, resumable tasks are :mod:`pipelines.layout_stages`.
+    """
     storage = Storage(root)
     step("resolving partitions")
     inputs = resolve_inputs(storage, params)
@@ -594,42 +630,28 @@ def run_layout(
     if done is not None and not force:
         return LayoutResult(lid, "unchanged", storage.display(*folder, mf.MANIFEST), done)
 
-    step("counting accesses")
-    count_paths = []
-    for part in inputs.train_parts:
-        count_paths.append(run_counts(storage, inputs, part, params.sampling_rate, params.seed))
-        if progress is not None:
-            progress("count", part.rows)
-    step("building vocabularies")
-    vocabs = run_vocab(storage, inputs, count_paths, params)
-    step("planning hot rows")
-    planned = run_plan(storage, inputs, vocabs, params)
+    vocabs, planned = profile_layout(storage, inputs, params, step=step, progress=progress)
     hot_rows = planned.plan["hot_rows"]
-
     step("writing shards")
     storage.remove(*folder, recursive=True)  # leftovers of an interrupted run
-    shard_params = ShardParams(params.batch_size, params.shard_bytes, seed=params.seed)
     written = write_shards(storage, folder, inputs.parts, inputs.columns, vocabs.encoders(),
-                           hot_rows, shard_params, spill_dir=spill_dir, progress=progress)
-    tables = _write_vocabs(storage, folder, vocabs, hot_rows, params)
+                           hot_rows, shard_params(params), spill_dir=spill_dir,
+                           progress=progress)
+    tables = write_vocabs(storage, folder, vocabs, hot_rows, params)
     if fail_after_shards:  # test hook: a crash between shards and publish
         raise StorageError("injected failure after writing shards")
 
     step("publishing")
-    manifest = _manifest(lid, inputs, params, tables, written, planned, vocabs)
-    path = mf.write_manifest(storage, manifest)
-    storage.write_json_atomic(
-        {"sweep": planned.sweep, "knee_budget_bytes": planned.knee_budget_bytes},
-        *folder, "plan.json",
-    )
-    mf.set_latest(storage, lid)
-    return LayoutResult(lid, "published", path, manifest)
+    manifest = build_manifest(lid, inputs, params, tables, written, planned)
+    return LayoutResult(lid, "published", commit_layout(storage, manifest, planned), manifest)
 
 
-def _write_vocabs(
+def write_vocabs(
     storage: Storage, folder: tuple[str, str], vocabs: Vocabs, hot_rows: Mapping[str, int],
     params: LayoutParams,
 ) -> list[mf.TableRef]:
+    """Write ``vocab/<table>.parquet`` (value, count, id) into the layout folder; returns
+    the manifest's table entries."""
     refs = []
     for t in vocabs.tables:
         rel = f"vocab/{t}.parquet"
@@ -640,16 +662,17 @@ def _write_vocabs(
     return refs
 
 
-def _manifest(
-    lid: str, inputs: Inputs, params: LayoutParams, tables: list[mf.TableRef],
-    written: Any, planned: PlanOutcome, vocabs: Vocabs,
+def build_manifest(
+    lid: str, inputs: Inputs, params: LayoutParams, tables: Sequence[mf.TableRef],
+    written: ShardResult, planned: PlanOutcome,
 ) -> mf.Manifest:
+    """The manifest of a layout whose vocabularies and shards are written."""
     by = written.rows_by_split_and_kind
     train_hot = by.get("train/hot", 0)
     train_rows = train_hot + by.get("train/cold", 0)
+    assert written.schema is not None  # write_shards and collect_streams always set it
     columns = [mf.ColumnRef(f.name, mf.type_name(f.type), _role(f.name, inputs.columns),
                             inputs.columns.sparse.get(f.name)) for f in written.schema]
-    total = sum(int(vocabs.counts[t].sum()) for t in vocabs.tables)
     return mf.Manifest(
         layout_id=lid,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -665,7 +688,7 @@ def _manifest(
             "predicted_hot_input_fraction": planned.predicted_hot_input_fraction,
             "hot_access_coverage": planned.plan["hot_access_coverage"],
             "budget_used_bytes": planned.plan["budget_used_bytes"],
-            "accesses_total": total,
+            "accesses_total": sum(t.accesses for t in tables),
             "knee_budget_bytes": planned.knee_budget_bytes,
             "all_hot": planned.plan["all_hot"],
             "sampling": planned.sampling,
@@ -673,6 +696,19 @@ def _manifest(
         shards=tuple(mf.ShardRef(**asdict(s)) for s in written.shards),
         columns=tuple(columns),
     )
+
+
+def commit_layout(storage: Storage, manifest: mf.Manifest, planned: PlanOutcome) -> str:
+    """Publish a layout whose files are all written: ``plan.json`` (the budget sweep),
+    then ``manifest.json`` (the commit marker), then ``LATEST``. Returns the manifest's
+    path. A crash before the manifest leaves the layout invisible and LATEST as it was."""
+    storage.write_json_atomic(
+        {"sweep": planned.sweep, "knee_budget_bytes": planned.knee_budget_bytes},
+        *mf.layout_folder(manifest.layout_id), "plan.json",
+    )
+    path = mf.write_manifest(storage, manifest)
+    mf.set_latest(storage, manifest.layout_id)
+    return path
 
 
 def _role(name: str, cols: LayoutColumns) -> str:

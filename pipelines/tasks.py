@@ -214,6 +214,10 @@ LAYOUT_PARAMS: dict[str, tuple[Any, dict[str, Any], str]] = {
                   "Values seen fewer times map to id 0."),
     "force": (False, {"type": "boolean"}, "Rebuild even if this layout exists."),
 }
+#: The (split, kind) streams the layout DAG's ``shards`` task is mapped over: those of
+#: :data:`fae_data.shard.STREAMS` (a test keeps them equal), spelled out here because
+#: parsing a DAG file must not import numpy or Arrow.
+LAYOUT_STREAMS = ("train/hot", "train/cold", "val/all", "test/all")
 _STAGE_FIELDS = ("dataset", "budget", "embedding_dim", "dtype", "optimizer_slots",
                  "batch_size", "sampling_rate", "seed", "min_count")
 
@@ -335,16 +339,58 @@ def count_partition(root: str, request: Mapping[str, Any], partition: str) -> di
     return {"partition": partition, "rows": part.rows, "counts": path}
 
 
-def build_layout(root: str, request: Mapping[str, Any]) -> dict[str, Any]:
-    """vocab -> plan -> shards -> publish over the cached counts (a no-op when the same
-    layout is already published, unless the request says ``force``)."""
-    from pipelines.layout import run_layout
+def plan_layout(root: str, request: Mapping[str, Any]) -> list[str]:
+    """vocab -> plan over the cached counts, the first step of building the layout
+    (:func:`pipelines.layout_stages.prepare`); writes the vocabularies and the build plan
+    into the layout's staging folder.
 
-    result = run_layout(root, layout_params(request), force=bool(request.get("force")))
+    Returns the input partitions to encode: all of them, or none when the layout is
+    already published and the request does not ``force`` a rebuild (the mapped tasks are
+    then skipped). A list, because Airflow maps a task over a whole return value only.
+
+    Raises:
+        InputError: the inputs changed since ``validate`` pinned them (another layout id).
+    """
+    from pipelines.layout_stages import prepare
+
+    prepared = prepare(root, layout_params(request), force=bool(request.get("force")),
+                       expected_id=request["layout_id"])
+    log.info("layout %s: %s", prepared["layout_id"], prepared)
+    return list(prepared["partitions"])
+
+
+def encode_partition(root: str, request: Mapping[str, Any], partition: str) -> dict[str, Any]:
+    """Encode one input partition of the request's layout into the staging folder (pass 1
+    of the shuffle; a partition already encoded is not redone)."""
+    from pipelines.layout_stages import encode
+
+    return encode(root, request["layout_id"], partition)
+
+
+def cut_stream(root: str, request: Mapping[str, Any], stream: str) -> dict[str, Any]:
+    """Cut one stream (``train/hot``, ...) of the request's layout into shards (pass 2
+    of the shuffle; a stream already cut is not redone)."""
+    from pipelines.layout_stages import cut
+
+    return cut(root, request["layout_id"], stream)
+
+
+def publish_layout(root: str, request: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the manifest, move ``LATEST`` and remove the staging folder; for a layout
+    that was already published when the run started, only describe it.
+
+    ``status`` is ``unchanged`` when the run found the layout published (and did not
+    ``force``), else ``published``, also when an earlier try of this task got as far as
+    publishing: the run did build it, and ``announce`` must tell fae_train.
+    """
+    from pipelines.layout_stages import publish
+
+    result = publish(root, request["layout_id"])
+    found = bool(request.get("exists")) and not request.get("force")
     st = result.manifest.stats
     return {
         "layout_id": result.layout_id,
-        "status": result.status,
+        "status": "unchanged" if found else "published",
         "dataset": request["dataset"],
         "manifest": result.manifest_path,
         "shards": len(result.manifest.shards),

@@ -47,6 +47,12 @@ def _states(dr: Any) -> dict[str, list[str]]:
     return out
 
 
+def _map_names(dr: Any, task_id: str) -> list[str]:
+    """The rendered map indices (``map_index_template``) of a mapped task's instances."""
+    tis = [ti for ti in dr.get_task_instances() if ti.task_id == task_id]
+    return [str(ti.rendered_map_index) for ti in sorted(tis, key=lambda ti: ti.map_index)]
+
+
 def _xcom(dr: Any, task_id: str, map_index: int = -1) -> Any:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
@@ -117,12 +123,27 @@ def test_layout_publishes_a_manifest_that_verifies(published: Any, storage_root:
     assert states["count"] == ["success", "success"]  # days 1 and 2 train; day 3 is val/test
     request = _xcom(dr, "validate")
     assert request["partitions"] == list(DAYS) and request["exists"] is False
-    built = _xcom(dr, "layout")
+    # One encode task per input partition (train, val/test alike), one shards task per
+    # stream, each named after what it handles.
+    assert _xcom(dr, "plan") == list(DAYS)
+    assert states["encode"] == ["success"] * len(DAYS)
+    assert sorted(_map_names(dr, "encode")) == list(DAYS)
+    assert states["shards"] == ["success"] * 4
+    assert _map_names(dr, "shards") == ["train/hot", "train/cold", "val/all", "test/all"]
+    encoded = [_xcom(dr, "encode", i) for i in range(len(DAYS))]
+    assert sorted(e["partition"] for e in encoded) == list(DAYS)
+    assert all(e["status"] == "encoded" and e["rows"] > 0 for e in encoded)
+    cut = {c["stream"]: c for c in (_xcom(dr, "shards", i) for i in range(4))}
+    built = _xcom(dr, "publish")
     assert built["status"] == "published"
     manifest, store = mf.load(built["manifest"])
     assert manifest.layout_id == built["layout_id"] == request["layout_id"]
     assert manifest.params["batch_size"] == 256 and manifest.params["seed"] == 7
     assert [p.name for p in manifest.dataset.partitions] == list(DAYS)
+    assert manifest.stats["rows_by_split_and_kind"] == {
+        s: c["rows"] for s, c in cut.items() if c["rows"]}
+    assert len(manifest.shards) == sum(c["shards"] for c in cut.values())
+    assert not (storage_root / "layouts" / manifest.layout_id / "_build").exists()
     checks = verify_layout(manifest, store)
     assert all(c.ok for c in checks), [c for c in checks if not c.ok]
     assert Path(_xcom(dr, "report")).is_file()
@@ -132,7 +153,7 @@ def test_layout_publishes_a_manifest_that_verifies(published: Any, storage_root:
 
 
 def test_layout_rerun_is_a_noop(dags_folder: Path, published: Any) -> None:
-    built = _xcom(published, "layout")
+    built = _xcom(published, "publish")
     manifest = Path(built["manifest"])
     before = manifest.stat().st_mtime_ns
     events_before = len(_asset_events("fae_layouts"))
@@ -140,7 +161,9 @@ def test_layout_rerun_is_a_noop(dags_folder: Path, published: Any) -> None:
     states = _states(dr)
     assert str(dr.state) == "success", states
     assert _xcom(dr, "validate")["exists"] is True
-    assert _xcom(dr, "layout") == {**built, "status": "unchanged"}
+    assert _xcom(dr, "plan") == []  # nothing to encode: the mapped tasks are skipped
+    assert states["encode"] == ["skipped"] and set(states["shards"]) == {"skipped"}
+    assert _xcom(dr, "publish") == {**built, "status": "unchanged"}
     assert states["announce"] == ["skipped"]  # so fae_train is not triggered again
     assert len(_asset_events("fae_layouts")) == events_before
     assert manifest.stat().st_mtime_ns == before
@@ -152,7 +175,7 @@ def test_layout_over_a_date_range(dags_folder: Path, published: Any) -> None:
     assert str(dr.state) == "success", _states(dr)
     assert _xcom(dr, "validate")["partitions"] == list(DAYS[1:])
     assert _xcom(dr, "resolve") == [DAYS[1]]
-    assert _xcom(dr, "layout")["layout_id"] != _xcom(published, "layout")["layout_id"]
+    assert _xcom(dr, "publish")["layout_id"] != _xcom(published, "publish")["layout_id"]
 
 
 def test_invalid_params_are_refused_before_any_task(dags_folder: Path, ingested: list[Any]) -> None:
@@ -167,12 +190,13 @@ def test_end_before_start_fails_the_first_task(dags_folder: Path, ingested: list
     states = _states(dr)
     assert str(dr.state) == "failed"
     assert states.pop("validate") == ["failed"]
-    assert all(s == ["upstream_failed"] for s in states.values()), states
+    # (shards, mapped over the fixed streams, has one instance per stream)
+    assert all(set(s) == {"upstream_failed"} for s in states.values()), states
 
 
 def test_train_runs_the_trainer_as_a_process(dags_folder: Path, published: Any,
                                              storage_root: Path) -> None:
-    built = _xcom(published, "layout")
+    built = _xcom(published, "publish")
     dr = _dag(dags_folder, "fae_train").test(run_conf={"manifest": built["manifest"]})
     assert str(dr.state) == "success", _states(dr)
     result = _xcom(dr, "train")
@@ -201,7 +225,7 @@ def test_train_with_the_real_trainer(dags_folder: Path, published: Any,
     from pipelines.tasks import DEFAULT_TRAIN_COMMAND
 
     monkeypatch.setenv("FAE_TRAIN_COMMAND", DEFAULT_TRAIN_COMMAND)
-    built = _xcom(published, "layout")
+    built = _xcom(published, "publish")
     dr = _dag(dags_folder, "fae_train").test(
         run_conf={"manifest": built["manifest"], "max_steps": 3})
     assert str(dr.state) == "success", _states(dr)

@@ -103,16 +103,34 @@ def test_fae_ingest_catchup_and_datasets_from_env(
 
 def test_fae_layout_wiring(dagbag: Any) -> None:
     dag = dagbag.dags["fae_layout"]
-    assert set(dag.task_ids) == {"validate", "resolve", "count", "layout", "report", "announce"}
+    assert set(dag.task_ids) == {"validate", "resolve", "count", "plan", "encode", "shards",
+                                 "publish", "report", "announce"}
     assert _edges(dag) == {
-        ("validate", "resolve"), ("validate", "count"), ("validate", "layout"),
-        ("resolve", "count"), ("count", "layout"), ("layout", "report"),
-        ("layout", "announce"), ("report", "announce"),
+        ("validate", "resolve"), ("validate", "count"), ("resolve", "count"),
+        ("count", "plan"), ("validate", "plan"),
+        ("plan", "encode"), ("validate", "encode"),
+        ("encode", "shards"), ("validate", "shards"),
+        ("shards", "publish"), ("validate", "publish"),
+        ("publish", "report"), ("publish", "announce"), ("report", "announce"),
     }
-    assert dag.get_task("count").is_mapped  # one task instance per training partition
+    # One task instance per training partition, per input partition, per stream.
+    for task_id in ("count", "encode", "shards"):
+        assert dag.get_task(task_id).is_mapped, task_id
+    assert dag.get_task("encode").map_index_template == "{{ partition }}"
+    assert dag.get_task("shards").map_index_template == "{{ stream }}"
+    # encode and shards are skipped for a layout that exists: publish still describes it.
+    assert dag.get_task("publish").trigger_rule == "none_failed"
     assert dag.get_task("validate").retries == 0
     assert [a.name for a in dag.get_task("announce").outlets] == ["fae_layouts"]
     assert _schedule_assets(dag) == ["fae_ingested_criteo"]
+
+
+def test_layout_streams_are_the_shard_streams() -> None:
+    """The DAG maps ``shards`` over a copy of the streams (parsing must stay light)."""
+    from fae_data.shard import STREAMS
+    from pipelines.tasks import LAYOUT_STREAMS
+
+    assert LAYOUT_STREAMS == STREAMS
 
 
 def test_fae_train_wiring(dagbag: Any) -> None:

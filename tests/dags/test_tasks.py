@@ -145,3 +145,46 @@ def test_train_timeout_kills_the_trainer_and_its_children(tmp_path: Path) -> Non
 
     time.sleep(3.5)
     assert not marker.exists()
+
+
+def test_layout_tasks_build_publish_and_then_do_nothing(root: str) -> None:
+    """validate -> count -> plan -> encode (per partition) -> shards (per stream) ->
+    publish, called the way the DAG calls them, then the same request again."""
+    from fae_data import manifest as mf
+    from fae_data.verify import verify_layout
+
+    req = tasks.validate_layout(root, {"budget": "2KiB", "batch_size": 64})
+    for name in tasks.train_partitions(root, req):
+        tasks.count_partition(root, req, name)
+    partitions = tasks.plan_layout(root, req)
+    assert partitions == list(DAYS)  # every input partition, val/test included
+    for name in reversed(partitions):
+        assert tasks.encode_partition(root, req, name)["status"] == "encoded"
+    cut = [tasks.cut_stream(root, req, s) for s in tasks.LAYOUT_STREAMS]
+    assert [c["status"] for c in cut] == ["cut"] * 4
+    assert tasks.cut_stream(root, req, "val/all")["status"] == "already done"
+    built = tasks.publish_layout(root, req)
+    assert built["status"] == "published" and built["layout_id"] == req["layout_id"]
+    assert built["shards"] == sum(c["shards"] for c in cut)
+    manifest, store = mf.load(built["manifest"])
+    assert all(c.ok for c in verify_layout(manifest, store))
+    # A publish retried after it had finished still reports what this run did.
+    assert tasks.publish_layout(root, req)["status"] == "published"
+
+    again = tasks.validate_layout(root, {"budget": "2KiB", "batch_size": 64})
+    assert again["exists"] is True
+    assert tasks.plan_layout(root, again) == []
+    assert tasks.publish_layout(root, again) == {**built, "status": "unchanged"}
+    forced = {**again, "force": True}
+    assert tasks.plan_layout(root, forced) == list(DAYS)  # force: build it again
+
+
+def test_layout_tasks_refuse_stale_or_bad_requests(root: str) -> None:
+    req = tasks.validate_layout(root, {"budget": "3KiB"})
+    with pytest.raises(InputError, match="input partitions changed since layout 0000"):
+        tasks.plan_layout(root, {**req, "layout_id": "0000"})
+    tasks.plan_layout(root, req)
+    with pytest.raises(InputError, match="partition 'nope' is not an input of layout"):
+        tasks.encode_partition(root, req, "nope")
+    with pytest.raises(InputError, match="stream 'all' unknown"):
+        tasks.cut_stream(root, req, "all")

@@ -203,10 +203,13 @@ class Airflow:
         value = body["value"]
         return json.loads(value) if isinstance(value, str) else value
 
-    def task_report(self, dag_id: str, run_id: str) -> str:
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         _, body = self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
-        states = {(t["task_id"], t["map_index"]): t["state"] for t in (body or {}).get(
-            "task_instances", [])}
+        return list((body or {}).get("task_instances", []))
+
+    def task_report(self, dag_id: str, run_id: str) -> str:
+        states = {(t["task_id"], t["map_index"]): t["state"]
+                  for t in self.task_instances(dag_id, run_id)}
         logs = []
         for path in sorted((self.home / "logs").rglob("*.log")):
             if f"dag_id={dag_id}" in str(path) and "failed" in str(states.values()):
@@ -297,7 +300,14 @@ def test_ingest_layout_and_train_through_the_rest_api(airflow: Airflow, tmp_path
                                   {"logical_date": None, "conf": conf})
     assert status == 200, run
     airflow.wait_run("fae_layout", run["dag_run_id"])
-    built = airflow.xcom("fae_layout", run["dag_run_id"], "layout")
+    built = airflow.xcom("fae_layout", run["dag_run_id"], "publish")
+    # The shard stage fanned out: one encode task per partition, one shards task per stream.
+    tis = airflow.task_instances("fae_layout", run["dag_run_id"])
+    mapped = {task: sorted((t["map_index"], t["rendered_map_index"], t["state"])
+                           for t in tis if t["task_id"] == task) for task in ("encode", "shards")}
+    assert mapped["encode"] == [(i, d, "success") for i, d in enumerate(DAYS)], mapped
+    assert mapped["shards"] == [(i, s, "success") for i, s in enumerate(
+        ("train/hot", "train/cold", "val/all", "test/all"))], mapped
     manifest, store = mf.load(built["manifest"])
     assert manifest.layout_id == built["layout_id"] and manifest.params["batch_size"] == 256
     assert [p.name for p in manifest.dataset.partitions] == list(DAYS)

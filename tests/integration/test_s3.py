@@ -152,3 +152,28 @@ def test_interrupted_publish_keeps_latest_on_s3(s3: fsspec.AbstractFileSystem) -
     assert done.status == "published" and done.layout_id != first
     assert _latest(s3) == done.layout_id
     assert all(c.ok for c in verify_layout(*mf.load(ROOT)))
+
+
+def test_staged_layout_on_s3_matches_the_in_process_one(s3: fsspec.AbstractFileSystem) -> None:
+    """The DAG's stages with their staging folder on s3:// (what separate workers share):
+    a forced rebuild of the first layout gives the same shards, byte for byte."""
+    from pipelines import layout_stages as stages
+
+    lid = run_layout(ROOT, PARAMS).layout_id  # published by an earlier test
+    before, _ = mf.load(f"{ROOT}/layouts/{lid}/manifest.json")
+    prepared = stages.prepare(ROOT, PARAMS, force=True)
+    assert prepared["layout_id"] == lid and prepared["status"] == "planned"
+    for name in reversed(prepared["partitions"]):
+        assert stages.encode(ROOT, lid, name)["status"] == "encoded"
+    build = f"{BUCKET}/fae/layouts/{lid}/{stages.BUILD_DIR}"
+    s3.invalidate_cache()
+    assert s3.exists(f"{build}/spill/00000.json") and s3.exists(f"{build}/plan.json")
+    for stream in reversed(prepared["streams"]):
+        assert stages.cut(ROOT, lid, stream)["status"] == "cut"
+    done = stages.publish(ROOT, lid)
+    assert [(s.path, s.sha256) for s in done.manifest.shards] == [
+        (s.path, s.sha256) for s in before.shards]
+    s3.invalidate_cache()
+    assert not s3.exists(build)
+    assert _latest(s3) == lid
+    assert all(c.ok for c in verify_layout(*mf.load(ROOT)))

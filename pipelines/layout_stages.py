@@ -1,0 +1,321 @@
+"""A layout as separate, resumable stages, for a scheduler that fans work out over
+workers (the Airflow DAG ``fae_layout``): prepare -> encode (one call per input
+partition) -> cut (one call per (split, kind) stream) -> publish.
+
+:func:`pipelines.layout.run_layout` does the same in one process; both share the
+profile, the shard passes and the publish, and give byte-identical shards. Here the
+stages hand over through files in the layout's staging folder, keyed by the layout id::
+
+    layouts/<layout_id>/
+        vocab/<table>.parquet       written by prepare (part of the layout)
+        _build/plan.json            prepare's decisions, written last: its commit marker
+        _build/spill/               pass 1: spill files and one index per partition
+        _build/streams/<split>-<kind>.json   pass 2: the shards a stream was cut into
+        shards/...                  written by cut (part of the layout)
+
+Every stage is idempotent: a finished partition or stream is found by its index or
+record and not done again; a crashed one leaves no index or record and its rerun
+overwrites the files it left (their names are fixed). Only publish touches
+``manifest.json`` and ``LATEST``, so a crash anywhere before it leaves the previous
+layouts readable and LATEST where it was. Publish removes ``_build``. The staging folder
+lives under the storage root, so on ``s3://`` the workers need no shared disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import polars as pl
+
+from fae_data import manifest as mf
+from fae_data.errors import InputError, StorageError
+from fae_data.shard import (
+    InputPart,
+    ShardGeometry,
+    StreamResult,
+    check_stream,
+    collect_streams,
+    cut_stream,
+    layout_schema,
+    shard_geometry,
+    spill_partition,
+    streams_of,
+)
+from fae_data.spill import SpilledPart, SpillFolder
+from fae_data.storage import Storage
+from fae_data.vocab import Encoder
+from pipelines.layout import (
+    Inputs,
+    LayoutParams,
+    LayoutResult,
+    PlanOutcome,
+    build_manifest,
+    commit_layout,
+    compute_layout_id,
+    existing_layout,
+    layout_columns,
+    profile_layout,
+    resolve_inputs,
+    shard_params,
+    write_vocabs,
+)
+
+log = logging.getLogger(__name__)
+
+BUILD_DIR = "_build"
+PLAN_FILE = "plan.json"
+
+
+def build_folder(lid: str) -> tuple[str, ...]:
+    """The staging folder of layout ``lid`` (inside its layout folder)."""
+    return (*mf.layout_folder(lid), BUILD_DIR)
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What prepare decided, and all that the later stages need (``_build/plan.json``)."""
+
+    layout_id: str
+    params: LayoutParams
+    inputs: Inputs
+    tables: tuple[mf.TableRef, ...]  # vocabulary sizes, hot rows and accesses per table
+    planned: PlanOutcome
+    geometry: ShardGeometry  # buckets and rows per shard, the same for every task
+
+    @property
+    def hot_rows(self) -> dict[str, int]:
+        return dict(self.planned.plan["hot_rows"])
+
+    @property
+    def streams(self) -> list[str]:
+        return streams_of(self.inputs.parts)
+
+    def part(self, name: str) -> tuple[int, InputPart]:
+        """The index and input part of partition ``name``."""
+        for i, p in enumerate(self.inputs.parts):
+            if p.name == name:
+                return i, p
+        raise InputError(f"partition {name!r} is not an input of layout {self.layout_id}; "
+                         f"its partitions are {[p.name for p in self.inputs.parts]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        inputs = self.inputs
+        return {
+            "layout_id": self.layout_id,
+            "params": asdict(self.params),
+            "inputs": {"kind": inputs.kind, "parts": [asdict(p) for p in inputs.parts],
+                       "refs": [asdict(r) for r in inputs.refs], "split": inputs.split,
+                       "rows_in": inputs.rows_in, "rows_rejected": inputs.rows_rejected},
+            "tables": [asdict(t) for t in self.tables],
+            "planned": asdict(self.planned),
+            "geometry": asdict(self.geometry),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> BuildPlan:
+        i = raw["inputs"]
+        inputs = Inputs(
+            i["kind"], layout_columns(i["kind"]),
+            tuple(InputPart(**_tuples(p)) for p in i["parts"]),
+            tuple(mf.PartitionRef(**r) for r in i["refs"]), i["split"],
+            rows_in=i["rows_in"], rows_rejected=i["rows_rejected"],
+        )
+        return cls(
+            raw["layout_id"], LayoutParams(**_tuples(raw["params"])), inputs,
+            tuple(mf.TableRef(**t) for t in raw["tables"]), PlanOutcome(**raw["planned"]),
+            ShardGeometry(**raw["geometry"]),
+        )
+
+
+def _tuples(fields: dict[str, Any]) -> dict[str, Any]:
+    """JSON lists back into the tuples frozen dataclasses hold (nested ones too)."""
+    def conv(v: Any) -> Any:
+        return tuple(conv(x) for x in v) if isinstance(v, list) else v
+    return {k: conv(v) for k, v in fields.items()}
+
+
+# --- the stages -----------------------------------------------------------------------
+
+
+def prepare(
+    root: str, params: LayoutParams, *, force: bool = False, expected_id: str | None = None
+) -> dict[str, Any]:
+    """Stage 1: counts (cached), vocabularies and the hot-row plan; writes
+    ``vocab/<table>.parquet`` and ``_build/plan.json``.
+
+    Returns ``layout_id``, ``status`` (``unchanged``: the layout is already published and
+    not ``force``d, there is nothing to do; ``planned``), ``partitions`` (every input
+    partition, to encode; empty when unchanged), ``streams`` (to cut) and the geometry.
+    A rerun finds plan.json and returns at once (``force`` starts over).
+
+    Raises:
+        InputError: the layout id is not ``expected_id`` (the inputs changed since the
+            caller computed it), checked before any work.
+    """
+    storage = Storage(root)
+    inputs = resolve_inputs(storage, params)
+    lid = compute_layout_id(inputs, params)
+    if expected_id is not None and lid != expected_id:
+        raise InputError(f"the input partitions changed since layout {expected_id} was "
+                         f"requested (their layout is now {lid}); run again")
+    folder = mf.layout_folder(lid)
+    if storage.exists(*folder, mf.MANIFEST) and not force:
+        if storage.exists(*build_folder(lid)):  # a publish that stopped before cleaning up
+            storage.remove(*build_folder(lid), recursive=True)
+        return {"layout_id": lid, "status": "unchanged", "partitions": [], "streams": []}
+    build = None if force else _read_plan(storage, lid)
+    if build is None:
+        storage.remove(*folder, recursive=True)  # an interrupted build, or the forced rebuild
+        vocabs, planned = profile_layout(storage, inputs, params)
+        tables = write_vocabs(storage, folder, vocabs, planned.plan["hot_rows"], params)
+        geometry = shard_geometry(sum(p.rows for p in inputs.parts), inputs.columns,
+                                  shard_params(params))
+        build = BuildPlan(lid, params, inputs, tuple(tables), planned, geometry)
+        storage.write_json_atomic(build.to_dict(), *build_folder(lid), PLAN_FILE)
+    return {"layout_id": lid, "status": "planned",
+            "partitions": [p.name for p in build.inputs.parts], "streams": build.streams,
+            **asdict(build.geometry)}
+
+
+def encode(root: str, lid: str, partition: str) -> dict[str, Any]:
+    """Stage 2, once per input partition: pass 1 of the shuffle (encode, classify hot or
+    cold, spill into ``_build/spill/``). A partition already spilled is not redone.
+
+    Raises:
+        StorageError: prepare has not run for ``lid``.
+        InputError: ``partition`` is not an input of the layout, or changed since.
+    """
+    storage = Storage(root)
+    build = _load(storage, lid)
+    if build is None:
+        return {"layout_id": lid, "partition": partition, "status": "unchanged"}
+    index, part = build.part(partition)
+    spill = _spill_folder(storage, lid)
+    spilled = spill.read_index(index)
+    status = "already done"
+    if spilled is None:
+        spilled = spill_partition(spill, storage, index, part, build.inputs.columns,
+                                  _encoders(storage, build), build.hot_rows,
+                                  shard_params(build.params), build.geometry.buckets)
+        status = "encoded"
+    log.info("layout %s: partition %s (%d rows) %s", lid, partition, spilled.rows, status)
+    return {"layout_id": lid, "partition": partition, "rows": spilled.rows, "status": status}
+
+
+def cut(root: str, lid: str, stream: str) -> dict[str, Any]:
+    """Stage 3, once per stream (``train/hot``, ``train/cold``, ``val/all``,
+    ``test/all``): pass 2 (read each bucket of every partition, permute, cut into
+    shards) and the record ``_build/streams/<split>-<kind>.json``. A stream that is
+    already recorded is not redone; one the split does not produce records zero rows.
+
+    Raises:
+        StorageError: prepare has not run, or a partition has not been encoded yet.
+        InputError: an unknown stream.
+    """
+    record = _stream_record(lid, stream)
+    storage = Storage(root)
+    build = _load(storage, lid)
+    if build is None:
+        return {"layout_id": lid, "stream": stream, "status": "unchanged"}
+    status = "already done"
+    if storage.exists(*record):
+        result = StreamResult.from_dict(storage.read_json(*record))
+    else:
+        spill = _spill_folder(storage, lid)
+        spilled = [_spilled(spill, i, p) for i, p in enumerate(build.inputs.parts)]
+        result = cut_stream(storage, mf.layout_folder(lid), spill, spilled, stream,
+                            build.geometry, shard_params(build.params))
+        storage.write_json_atomic(result.to_dict(), *record)
+        status = "cut"
+    log.info("layout %s: stream %s, %d rows in %d shards, %s", lid, stream, result.rows,
+             len(result.shards), status)
+    return {"layout_id": lid, "stream": stream, "rows": result.rows,
+            "shards": len(result.shards), "status": status}
+
+
+def publish(root: str, lid: str) -> LayoutResult:
+    """Stage 4: gather the streams in their fixed order, write ``plan.json``, the
+    manifest and ``LATEST``, then remove ``_build``. Without a build of ``lid`` (a layout
+    already published) it only returns the published manifest, status ``unchanged``.
+
+    Raises:
+        StorageError: prepare has not run, or a stream has not been cut yet.
+    """
+    storage = Storage(root)
+    build = _load(storage, lid)
+    if build is None:
+        manifest = existing_layout(storage, lid)
+        assert manifest is not None  # _load returns None only for a published layout
+        return LayoutResult(lid, "unchanged",
+                            storage.display(*mf.layout_folder(lid), mf.MANIFEST), manifest)
+    results = [_stream_result(storage, lid, s) for s in build.streams]
+    written = collect_streams(results, layout_schema(storage, build.inputs.parts,
+                                                     build.inputs.columns))
+    manifest = build_manifest(lid, build.inputs, build.params, build.tables, written,
+                              build.planned)
+    path = commit_layout(storage, manifest, build.planned)
+    storage.remove(*build_folder(lid), recursive=True)
+    return LayoutResult(lid, "published", path, manifest)
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def _read_plan(storage: Storage, lid: str) -> BuildPlan | None:
+    if not storage.exists(*build_folder(lid), PLAN_FILE):
+        return None
+    build = BuildPlan.from_dict(storage.read_json(*build_folder(lid), PLAN_FILE))
+    if build.layout_id != lid or compute_layout_id(build.inputs, build.params) != lid:
+        raise StorageError(f"{storage.display(*build_folder(lid), PLAN_FILE)} does not "
+                           f"describe layout {lid}; remove {storage.display(*build_folder(lid))} "
+                           "and rerun")
+    return build
+
+
+def _load(storage: Storage, lid: str) -> BuildPlan | None:
+    """The build plan of ``lid``; None when there is none because the layout is
+    published (nothing left to do)."""
+    build = _read_plan(storage, lid)
+    if build is None and not storage.exists(*mf.layout_folder(lid), mf.MANIFEST):
+        raise StorageError(f"layout {lid} has no build plan "
+                           f"({storage.display(*build_folder(lid), PLAN_FILE)}) and is not "
+                           "published; run the prepare stage (the `plan` task) first")
+    return build
+
+
+def _spill_folder(storage: Storage, lid: str) -> SpillFolder:
+    return SpillFolder(storage, (*build_folder(lid), "spill"))
+
+
+def _spilled(spill: SpillFolder, index: int, part: InputPart) -> SpilledPart:
+    done = spill.read_index(index)
+    if done is None:
+        raise StorageError(f"partition {part.name!r} has not been encoded yet (no "
+                           f"{spill.storage.display(*spill.folder, spill.index_name(index))}); "
+                           "run its encode stage first")
+    return done
+
+
+def _stream_record(lid: str, stream: str) -> tuple[str, ...]:
+    split, kind = check_stream(stream)
+    return (*build_folder(lid), "streams", f"{split}-{kind}.json")
+
+
+def _stream_result(storage: Storage, lid: str, stream: str) -> StreamResult:
+    record = _stream_record(lid, stream)
+    if not storage.exists(*record):
+        raise StorageError(f"stream {stream} has not been cut yet (no "
+                           f"{storage.display(*record)}); run its cut stage first")
+    return StreamResult.from_dict(storage.read_json(*record))
+
+
+def _encoders(storage: Storage, build: BuildPlan) -> dict[str, Encoder]:
+    """The encoders of the vocabularies prepare wrote (value, count, id per table)."""
+    out = {}
+    for t in build.tables:
+        with storage.fs.open(storage.path(*mf.layout_folder(build.layout_id), t.vocab_path),
+                             "rb") as f:
+            out[t.name] = Encoder(pl.read_parquet(f))
+    return out
