@@ -37,7 +37,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fae_data.errors import InputError, StorageError
-from fae_data.spill import SpilledPart, SpillFolder, SpillWriter
+from fae_data.schema import TAOBAO_HISTORY_LENGTH
+from fae_data.spill import MemorySpill, MemoryWriter, Spill, SpilledPart, SpillFolder, SpillWriter
 from fae_data.storage import Storage
 from fae_data.vocab import Encoder
 
@@ -74,7 +75,10 @@ class InputPart:
 class ShardParams:
     batch_size: int = 2048
     shard_bytes: int = 256 << 20  # target size of a shard file (uncompressed estimate)
-    shuffle_memory_bytes: int = 256 << 20  # rows of one bucket held in memory at once
+    # What the shuffle may hold at once. Pass 2 cuts two streams at a time, each holding
+    # a bucket and its permuted copy, so a bucket gets a quarter of it; a layout of at
+    # most half of it is shuffled in memory without spill files.
+    shuffle_memory_bytes: int = 512 << 20
     seed: int = 0
     # lz4 without dictionaries or statistics: one row group per minibatch means thousands
     # of small row groups, where per-chunk overheads dominate and the trainer wants cheap
@@ -180,18 +184,36 @@ class ShardGeometry:
     rows_per_shard: int  # a whole number of minibatches
 
 
-def shard_geometry(total_rows: int, cols: LayoutColumns, params: ShardParams) -> ShardGeometry:
-    """Buckets so that one bucket fits ``shuffle_memory_bytes``, and shards of about
-    ``shard_bytes`` (both by the uncompressed estimate of :func:`_row_bytes`)."""
-    row_bytes = _row_bytes(cols)
-    buckets = max(1, math.ceil(total_rows * row_bytes / params.shuffle_memory_bytes))
-    batches_per_shard = max(1, params.shard_bytes // (row_bytes * params.batch_size))
+def shard_geometry(total_rows: int, schema: pa.Schema, params: ShardParams) -> ShardGeometry:
+    """Buckets of at most a quarter of ``shuffle_memory_bytes``, and shards of about
+    ``shard_bytes`` (both by the in-memory size of a row of ``schema``, the shard schema,
+    as :func:`row_bytes` estimates it)."""
+    size = row_bytes(schema)
+    buckets = max(1, math.ceil(total_rows * size * 4 / params.shuffle_memory_bytes))
+    batches_per_shard = max(1, params.shard_bytes // (size * params.batch_size))
     return ShardGeometry(buckets, batches_per_shard * params.batch_size)
 
 
-def _row_bytes(cols: LayoutColumns) -> int:
-    # label + float32 dense + uint32 ids (list columns counted at ~20 elements)
-    return 1 + 4 * len(cols.dense) + 4 * len(cols.sparse) * 4
+def fits_in_memory(total_rows: int, schema: pa.Schema, params: ShardParams) -> bool:
+    """True when the rows and one permuted copy of them fit ``shuffle_memory_bytes``."""
+    return 2 * total_rows * row_bytes(schema) <= params.shuffle_memory_bytes
+
+
+#: Elements a list column is assumed to hold per row when sizing buckets and shards
+#: (Taobao histories hold up to this many; most hold fewer, so this errs on the safe side).
+_LIST_ELEMENTS = TAOBAO_HISTORY_LENGTH
+
+
+def row_bytes(schema: pa.Schema) -> int:
+    """Bytes one encoded row takes in Arrow memory: fixed-width values at their width, a
+    list column at :data:`_LIST_ELEMENTS` elements plus its offset."""
+    total = 0
+    for f in schema:
+        if pa.types.is_list(f.type) or pa.types.is_large_list(f.type):
+            total += _LIST_ELEMENTS * f.type.value_type.bit_width // 8 + 4
+        else:
+            total += f.type.bit_width // 8
+    return max(total, 1)
 
 
 def shard_schema(cols: LayoutColumns, source: pa.Schema) -> pa.Schema:
@@ -240,7 +262,7 @@ def streams_of(parts: Sequence[InputPart]) -> list[str]:
 
 
 def spill_partition(
-    spill: SpillFolder,
+    spill: Spill,
     storage: Storage,
     part_index: int,
     part: InputPart,
@@ -266,13 +288,13 @@ def spill_partition(
     if done is not None:
         if (done.name, done.rows, done.buckets) != (part.name, part.rows, buckets):
             raise StorageError(
-                f"{spill.storage.display(*spill.folder, spill.index_name(part_index))}: "
+                f"{spill.where(spill.index_name(part_index))}: "
                 f"spilled partition {done.name!r} ({done.rows} rows, {done.buckets} buckets), "
                 f"expected {part.name!r} ({part.rows} rows, {buckets} buckets); remove the "
                 "spill folder and rerun"
             )
         return done
-    writers: dict[tuple[str, int], SpillWriter] = {}
+    writers: dict[tuple[str, int], SpillWriter | MemoryWriter] = {}
     row0 = 0
     try:
         for chunk_index, chunk in enumerate(_read_chunks(storage, part)):
@@ -356,7 +378,7 @@ class StreamResult:
 def cut_stream(
     storage: Storage,
     layout_dir: tuple[str, ...],
-    spill: SpillFolder,
+    spill: Spill,
     spilled: Sequence[SpilledPart],
     stream: str,
     geometry: ShardGeometry,
@@ -381,6 +403,10 @@ def cut_stream(
         if split == "train":
             rng = np.random.default_rng([params.seed, SPLIT_CODES[split], KIND_CODES[kind], bucket])
             table = table.take(pa.array(rng.permutation(table.num_rows)))
+        else:
+            # One contiguous chunk, like the output of take(): the bytes written must not
+            # depend on how the spill happened to chunk the rows (memory vs files).
+            table = table.combine_chunks()
         cutter.feed(table)
         if progress is not None:
             progress("write shards", table.num_rows)
@@ -416,9 +442,16 @@ def write_shards(
 ) -> ShardResult:
     """Run both passes and write every shard under ``layout_dir/shards/``, spilling into
     a temporary local folder (under ``spill_dir``) that is removed afterwards."""
-    geometry = shard_geometry(sum(p.rows for p in parts), cols, params)
-    tmp = tempfile.mkdtemp(prefix="fae-shuffle-", dir=spill_dir)
-    spill = SpillFolder(Storage(tmp))
+    schema = layout_schema(storage, parts, cols)
+    geometry = shard_geometry(sum(p.rows for p in parts), schema, params)
+    tmp = None
+    spill: Spill
+    if fits_in_memory(sum(p.rows for p in parts), schema, params):
+        # Keep pass 1's rows in memory instead of writing and re-reading them.
+        spill = MemorySpill()
+    else:
+        tmp = tempfile.mkdtemp(prefix="fae-shuffle-", dir=spill_dir)
+        spill = SpillFolder(Storage(tmp))
     try:
         spilled = [
             spill_partition(spill, storage, i, part, cols, encoders, hot_rows, params,
@@ -434,13 +467,19 @@ def write_shards(
         # Parquet encoding with another's reading and permuting (Arrow releases the GIL).
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fae-shards") as pool:
             results = list(pool.map(cut, streams_of(parts)))
-        return collect_streams(results, layout_schema(storage, parts, cols))
+        return collect_streams(results, schema)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 class _Cutter:
-    """Writes a stream of rows as shards of whole minibatches (one row group each)."""
+    """Writes a stream of rows as shards of whole minibatches (one row group each).
+
+    Row groups are written as soon as a whole minibatch is there, so memory holds less
+    than one minibatch of pending rows besides the table being fed, whatever the shard
+    size. Only the stream's very last minibatch may be short.
+    """
 
     def __init__(
         self,
@@ -457,39 +496,68 @@ class _Cutter:
         self.kind = kind
         self.params = params
         self.rows_per_shard = rows_per_shard
-        self.pending: list[pa.Table] = []
-        self.pending_rows = 0
+        self.pending: pa.Table | None = None  # fewer rows than one minibatch
         self.rows_total = 0
         self.written: list[WrittenShard] = []
+        self._file: Any = None
+        self._writer: pq.ParquetWriter | None = None
+        self._shard_rows = 0
 
     def feed(self, table: pa.Table) -> None:
-        self.pending.append(table)
-        self.pending_rows += table.num_rows
         self.rows_total += table.num_rows
-        while self.pending_rows >= self.rows_per_shard:
-            self._flush(self.rows_per_shard)
+        data = table if self.pending is None else pa.concat_tables([self.pending, table])
+        batch = self.params.batch_size
+        offset = 0
+        while data.num_rows - offset >= batch:
+            room = self.rows_per_shard - self._shard_rows
+            rows = min(room, (data.num_rows - offset) // batch * batch)
+            self._write(data.slice(offset, rows))
+            offset += rows
+        self.pending = data.slice(offset) if offset < data.num_rows else None
 
     def close(self) -> list[WrittenShard]:
-        if self.pending_rows:
-            self._flush(self.pending_rows)
+        if self.pending is not None:
+            self._write(self.pending)  # the stream's last, short minibatch
+            self.pending = None
+        if self._writer is not None:
+            self._finish_shard()
         return self.written
 
-    def _flush(self, rows: int) -> None:
-        data = pa.concat_tables(self.pending).combine_chunks() if len(self.pending) > 1 else self.pending[0]
-        head, tail = data.slice(0, rows), data.slice(rows)
-        self.pending = [tail] if tail.num_rows else []
-        self.pending_rows = tail.num_rows
-        name = f"{self.split}-{self.kind}-{len(self.written):05d}.parquet"
-        rel = f"shards/{name}"
+    def _name(self) -> str:
+        return f"{self.split}-{self.kind}-{len(self.written):05d}.parquet"
+
+    def _write(self, rows: pa.Table) -> None:
+        if self._writer is None:
+            # A plain write: shards are committed by the manifest, not one by one.
+            self._file = self.storage.open_write(*self.layout_dir, "shards", self._name())
+            self._writer = pq.ParquetWriter(
+                self._file, rows.schema, compression=self.params.compression,
+                use_dictionary=False, write_statistics=False,
+            )
+        try:
+            self._writer.write_table(rows, row_group_size=self.params.batch_size)
+        except BaseException:
+            self._close_file()
+            raise
+        self._shard_rows += rows.num_rows
+        if self._shard_rows >= self.rows_per_shard:
+            self._finish_shard()
+
+    def _close_file(self) -> None:
+        writer, f = self._writer, self._file
+        self._writer = self._file = None
+        try:
+            if writer is not None:
+                writer.close()
+        finally:
+            f.close()
+
+    def _finish_shard(self) -> None:
+        self._close_file()
+        rows, self._shard_rows = self._shard_rows, 0
+        rel = f"shards/{self._name()}"
         batch = self.params.batch_size
-        with self.storage.open_write(*self.layout_dir, "shards", name) as f:
-            with pq.ParquetWriter(
-                f, head.schema, compression=self.params.compression, use_dictionary=False,
-                write_statistics=False,
-            ) as writer:
-                writer.write_table(head, row_group_size=batch)
         batches = math.ceil(rows / batch)
-        last = rows - (batches - 1) * batch
         self.written.append(
             WrittenShard(
                 path=rel,
@@ -499,6 +567,6 @@ class _Cutter:
                 batches=batches,
                 bytes=int(self.storage.fs.size(self.storage.path(*self.layout_dir, rel))),
                 sha256=self.storage.sha256(*self.layout_dir, rel),
-                last_batch_rows=last,
+                last_batch_rows=rows - (batches - 1) * batch,
             )
         )

@@ -10,8 +10,9 @@ under the storage root (possibly ``s3://``) that separate tasks share.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import IO
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import IO, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -55,6 +56,10 @@ class SpillFolder:
     def index_name(part_index: int) -> str:
         return f"{part_index:05d}.json"
 
+    def where(self, name: str) -> str:
+        """``name`` in this folder, as a message shows it."""
+        return self.storage.display(*self.folder, name)
+
     def read_index(self, part_index: int) -> SpilledPart | None:
         """The index of a finished partition, or None while it is not spilled."""
         name = self.index_name(part_index)
@@ -95,3 +100,60 @@ class SpillWriter:
         self.writer.close()
         if self.file is not None:
             self.file.close()
+
+
+class Spill(Protocol):
+    """Where pass 1 leaves rows for pass 2: a :class:`SpillFolder` or a :class:`MemorySpill`."""
+
+    def file_name(self, part_index: int, stream: str, bucket: int) -> str: ...
+    def index_name(self, part_index: int) -> str: ...
+    def where(self, name: str) -> str: ...
+    def read_index(self, part_index: int) -> SpilledPart | None: ...
+    def write_index(self, spilled: SpilledPart) -> None: ...
+    def writer(self, name: str, schema: pa.Schema) -> SpillWriter | MemoryWriter: ...
+    def read(self, name: str) -> pa.Table: ...
+
+
+@dataclass
+class MemorySpill:
+    """A spill kept in memory, for a layout small enough that all its rows fit the
+    shuffle memory (one bucket): the same contract as :class:`SpillFolder` without the
+    write and re-read. ``read`` hands a file's rows over and forgets them, so memory is
+    released stream by stream."""
+
+    tables: dict[str, list[pa.Table]] = field(default_factory=dict)
+    indexes: dict[int, SpilledPart] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    file_name = staticmethod(SpillFolder.file_name)
+    index_name = staticmethod(SpillFolder.index_name)
+
+    def where(self, name: str) -> str:
+        return f"<memory>/{name}"
+
+    def read_index(self, part_index: int) -> SpilledPart | None:
+        return self.indexes.get(part_index)
+
+    def write_index(self, spilled: SpilledPart) -> None:
+        self.indexes[spilled.part_index] = spilled
+
+    def writer(self, name: str, schema: pa.Schema) -> MemoryWriter:
+        with self._lock:
+            pieces = self.tables.setdefault(name, [])
+        return MemoryWriter(pieces)
+
+    def read(self, name: str) -> pa.Table:
+        with self._lock:
+            pieces = self.tables.pop(name)
+        return pa.concat_tables(pieces)
+
+
+@dataclass
+class MemoryWriter:
+    pieces: list[pa.Table]
+
+    def write(self, table: pa.Table) -> None:
+        self.pieces.append(table)
+
+    def close(self) -> None:
+        pass

@@ -357,8 +357,12 @@ def _scan(storage: Storage, part: InputPart) -> pl.LazyFrame:
 
 
 def load_counts(storage: Storage, paths: Sequence[str]) -> TableCounts:
-    """Read and merge partial count files (per table, so the merge key is one uint32)."""
-    partials = []
+    """Read and merge partial count files (per table, so the merge key is one uint32).
+
+    Files are merged one at a time into the running total, so memory holds the total and
+    one file, not every file at once.
+    """
+    merged: TableCounts = {}
     for p in paths:
         try:
             with storage.fs.open(storage.path(p), "rb") as f:
@@ -372,8 +376,10 @@ def load_counts(storage: Storage, paths: Sequence[str]) -> TableCounts:
                 f"{storage.display(p)}: partial counts have schema {frame.schema}, expected "
                 f"{COUNT_SCHEMA}; delete the file and rerun"
             )
-        partials.append(from_frame(frame))
-    return merge_tables(partials)
+        partial = from_frame(frame)
+        del frame
+        merged = merge_tables([merged, partial]) if merged else partial
+    return merged
 
 
 # --- vocab ----------------------------------------------------------------------------
@@ -423,7 +429,8 @@ def plan_sample(storage: Storage, inputs: Inputs, vocabs: Vocabs, seed: int) -> 
     zero_k = {t: 0 for t in vocabs.tables}
     maxima: dict[str, list[np.ndarray]] = {t: [] for t in vocabs.tables}
     for part in parts:
-        frame = sample_rows(_scan(storage, part), rate, seed).collect()
+        # streaming: the sampled rows are kept, not the whole partition first
+        frame = sample_rows(_scan(storage, part), rate, seed).collect(engine="streaming")
         if frame.height == 0:
             continue
         table, _ = encode_chunk(frame.to_arrow(), inputs.columns, encoders, zero_k)

@@ -170,7 +170,8 @@ def prepare(
         storage.remove(*folder, recursive=True)  # an interrupted build, or the forced rebuild
         vocabs, planned = profile_layout(storage, inputs, params)
         tables = write_vocabs(storage, folder, vocabs, planned.plan["hot_rows"], params)
-        geometry = shard_geometry(sum(p.rows for p in inputs.parts), inputs.columns,
+        geometry = shard_geometry(sum(p.rows for p in inputs.parts),
+                                  layout_schema(storage, inputs.parts, inputs.columns),
                                   shard_params(params))
         build = BuildPlan(lid, params, inputs, tuple(tables), planned, geometry)
         storage.write_json_atomic(build.to_dict(), *build_folder(lid), PLAN_FILE)

@@ -207,7 +207,7 @@ def test_failure_while_writing_shards_keeps_latest(tmp_path, synthetic_days, mon
 
     m1, _ = build(tmp_path / "r", synthetic_days, budget="64KiB", batch_size=128)
     calls = {"n": 0}
-    real = shard._Cutter._flush
+    real = shard._Cutter._write
 
     def flaky(self, rows):
         calls["n"] += 1
@@ -215,10 +215,10 @@ def test_failure_while_writing_shards_keeps_latest(tmp_path, synthetic_days, mon
             raise OSError("disk full (injected)")
         return real(self, rows)
 
-    monkeypatch.setattr(shard._Cutter, "_flush", flaky)
+    monkeypatch.setattr(shard._Cutter, "_write", flaky)
     with pytest.raises(OSError, match="injected"):
         run_layout(str(tmp_path / "r"), LayoutParams(budget="32KiB", batch_size=128))
-    monkeypatch.setattr(shard._Cutter, "_flush", real)
+    monkeypatch.setattr(shard._Cutter, "_write", real)
     assert (tmp_path / "r" / "layouts" / "LATEST").read_text().strip() == m1.layout_id
     done = run_layout(str(tmp_path / "r"), LayoutParams(budget="32KiB", batch_size=128))
     assert done.status == "published"

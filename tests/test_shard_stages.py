@@ -122,7 +122,8 @@ def test_spill_and_cut_in_any_order_equal_write_shards(root: str) -> None:
     hot, cols = planned.plan["hot_rows"], inputs.columns
     params = ShardParams(batch_size=100, shard_bytes=20_000, shuffle_memory_bytes=150_000,
                          seed=5)
-    geometry = shard_geometry(sum(p.rows for p in inputs.parts), cols, params)
+    geometry = shard_geometry(sum(p.rows for p in inputs.parts),
+                              layout_schema(storage, inputs.parts, cols), params)
     assert geometry.buckets > 3
     ref = write_shards(storage, ("ref",), inputs.parts, cols, vocabs.encoders(), hot, params)
 
@@ -249,17 +250,17 @@ def test_a_crash_between_or_inside_stages_keeps_latest(
     for name in ("day_0", "day_1", "day_2"):
         assert stages.encode(root, lid, name)["status"] == "encoded"
 
-    # Inside cut: the second shard fails; no stream record, so publish refuses.
-    real_flush = shard._Cutter._flush
+    # Inside cut: the second write of rows fails; no stream record, so publish refuses.
+    real_write = shard._Cutter._write
     calls["n"] = 0
 
-    def flaky_flush(self: shard._Cutter, rows: int) -> None:
+    def flaky_write(self: shard._Cutter, rows: pa.Table) -> None:
         calls["n"] += 1
         if calls["n"] == 2:
             raise OSError("disk full (injected)")
-        real_flush(self, rows)
+        real_write(self, rows)
 
-    monkeypatch.setattr(shard._Cutter, "_flush", flaky_flush)
+    monkeypatch.setattr(shard._Cutter, "_write", flaky_write)
     with pytest.raises(OSError, match="injected"):
         stages.cut(root, lid, "train/cold")
     monkeypatch.undo()
@@ -299,10 +300,17 @@ def test_stages_refuse_with_a_readable_message(root: str) -> None:
 
 
 def test_geometry_is_decided_by_the_total_row_count() -> None:
-    cols = LayoutColumns("label", ("a", "b"), {"c": "c"})  # 1 + 8 + 16 = 25 B a row
-    params = ShardParams(batch_size=10, shard_bytes=1000, shuffle_memory_bytes=2500)
-    assert shard_geometry(100, cols, params) == shard.ShardGeometry(1, 40)
-    assert shard_geometry(101, cols, params).buckets == 2
-    assert shard_geometry(0, cols, params).buckets == 1
+    schema = pa.schema([("label", pa.int8()), ("a", pa.float32()), ("b", pa.float32()),
+                        ("c", pa.uint32()), ("d", pa.uint32()), ("e", pa.uint32()),
+                        ("f", pa.uint32())])  # 1 + 8 + 16 = 25 B a row
+    assert shard.row_bytes(schema) == 25
+    params = ShardParams(batch_size=10, shard_bytes=1000, shuffle_memory_bytes=10_000)
+    assert shard_geometry(100, schema, params) == shard.ShardGeometry(1, 40)
+    assert shard_geometry(101, schema, params).buckets == 2
+    assert shard_geometry(0, schema, params).buckets == 1
     # a shard holds at least one whole minibatch, however small shard_bytes is
-    assert shard_geometry(10, cols, ShardParams(batch_size=64, shard_bytes=1)).rows_per_shard == 64
+    assert shard_geometry(10, schema, ShardParams(batch_size=64, shard_bytes=1)).rows_per_shard == 64
+    # a list column counts as a full history of uint32 ids plus its offset
+    lists = pa.schema([("label", pa.int8()), ("h", pa.list_(pa.uint32()))])
+    assert shard.row_bytes(lists) == 1 + 20 * 4 + 4
+
