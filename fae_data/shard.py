@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fae_data.chunks import iter_chunks
 from fae_data.errors import InputError, StorageError
 from fae_data.schema import TAOBAO_HISTORY_LENGTH
 from fae_data.spill import MemorySpill, MemoryWriter, Spill, SpilledPart, SpillFolder, SpillWriter
@@ -297,7 +298,7 @@ def spill_partition(
     writers: dict[tuple[str, int], SpillWriter | MemoryWriter] = {}
     row0 = 0
     try:
-        for chunk_index, chunk in enumerate(_read_chunks(storage, part)):
+        for chunk_index, chunk in enumerate(iter_chunks(storage, part.path, _CHUNK_ROWS)):
             table, hot = encode_chunk(chunk, cols, encoders, hot_rows)
             rows = np.arange(row0, row0 + table.num_rows)
             row0 += table.num_rows
@@ -348,12 +349,6 @@ def _bucketed(
         lo_i, hi_i = np.searchsorted(skeys, [k, k + 1])
         stream = "train/hot" if k < buckets else "train/cold"
         yield stream, k % buckets, ordered.slice(int(lo_i), int(hi_i - lo_i))
-
-
-def _read_chunks(storage: Storage, part: InputPart) -> Iterator[pa.RecordBatch]:
-    with storage.fs.open(storage.path(part.path), "rb") as f:
-        pf = pq.ParquetFile(f)
-        yield from pf.iter_batches(batch_size=_CHUNK_ROWS)
 
 
 # --- pass 2: shuffle and cut one stream -----------------------------------------------

@@ -243,7 +243,7 @@ def _layout_params(
     dataset: str, partition: list[str] | None, budget: str, dim: int, table_dim: list[str] | None,
     dtype: str, optimizer_slots: int, batch_size: int, sampling_rate: float, seed: int,
     min_count: int, max_rows: int | None, val: list[str] | None, test: list[str] | None,
-    shard_mb: int,
+    shard_mb: int, shard_compression: str = "lz4",
 ) -> Any:
     from fae_data.errors import InputError
     from pipelines.layout import LayoutParams
@@ -259,7 +259,7 @@ def _layout_params(
         table_dims=tuple(dims), dtype=dtype, optimizer_slots=optimizer_slots,
         batch_size=batch_size, sampling_rate=sampling_rate, seed=seed, min_count=min_count,
         max_rows=max_rows, val=tuple(val or ()), test=tuple(test or ()),
-        shard_bytes=shard_mb << 20,
+        shard_bytes=shard_mb << 20, shard_compression=shard_compression,
     )
 
 
@@ -284,6 +284,9 @@ MaxRowsOpt = Annotated[int | None, typer.Option(
 ValOpt = Annotated[list[str] | None, typer.Option(help="Validation partitions.")]
 TestOpt = Annotated[list[str] | None, typer.Option(help="Test partitions.")]
 ShardOpt = Annotated[int, typer.Option(help="Target shard size in MiB.")]
+ShardCodecOpt = Annotated[str, typer.Option(
+    help="Parquet codec of the shards: lz4, none (about 2x faster to write, 1.3x larger), "
+         "zstd or snappy.")]
 
 
 @app.command()
@@ -304,6 +307,7 @@ def layout(
     val: ValOpt = None,
     test: TestOpt = None,
     shard_mb: ShardOpt = 256,
+    shard_compression: ShardCodecOpt = "lz4",
     force: Annotated[bool, typer.Option(help="Rebuild even if this layout exists.")] = False,
     quiet: Quiet = False,
     as_json: AsJson = False,
@@ -319,7 +323,7 @@ def layout(
     def go() -> Any:
         params = _layout_params(dataset, partition, budget, dim, table_dim, dtype,
                                 optimizer_slots, batch_size, sampling_rate, seed, min_count,
-                                max_rows, val, test, shard_mb)
+                                max_rows, val, test, shard_mb, shard_compression)
         with _progress(not quiet and not as_json) as bar:
             task = bar.add_task("layout", total=None, rate="") if bar is not None else None
             rows = {"n": 0}

@@ -157,6 +157,21 @@ def test_minibatch_alignment(tmp_path, synthetic_days):
         assert all(s.last_batch_rows == 100 for s in shards[:-1]), "only the last may be short"
 
 
+def test_shard_compression_is_a_parameter_of_the_layout(tmp_path, synthetic_days):
+    lz4, layout_dir = build(tmp_path / "root", synthetic_days, budget="64KiB", batch_size=100)
+    plain, plain_dir = build(tmp_path / "root", synthetic_days, budget="64KiB", batch_size=100,
+                             shard_compression="none")
+    assert plain.layout_id != lz4.layout_id
+    assert plain.params["shard_compression"] == "none"
+    codec = pq.ParquetFile(plain_dir / plain.shards[0].path).metadata.row_group(0).column(1)
+    assert codec.compression == "UNCOMPRESSED"
+    assert all(c.ok for c in verify_layout(*mf.load(str(plain_dir))))
+    for a, b in zip(lz4.shards, plain.shards, strict=True):  # same rows, other bytes
+        assert pq.read_table(layout_dir / a.path).equals(pq.read_table(plain_dir / b.path))
+    with pytest.raises(InputError, match="shard compression 'lzo' unknown"):
+        LayoutParams(shard_compression="lzo")
+
+
 # --- determinism and idempotency -------------------------------------------------------------
 
 
