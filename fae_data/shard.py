@@ -380,10 +380,11 @@ def cut_stream(
     params: ShardParams,
     progress: ProgressFn | None = None,
 ) -> StreamResult:
-    """Pass 2 for one stream: bucket by bucket, the bucket's files of every partition in
-    partition order (the rows a single spill file of the bucket would hold, in the same
-    order), permuted with a generator keyed by (seed, split, kind, bucket) for training
-    streams, fed to a cutter writing ``layout_dir/shards/<split>-<kind>-<n>.parquet``.
+    """Pass 2 for one stream: training rows bucket by bucket, each bucket's files of every
+    partition in partition order (the rows a single spill file of the bucket would hold)
+    permuted with a generator keyed by (seed, split, kind, bucket); validation and test
+    rows in order, a chunk at a time. A cutter writes them to
+    ``layout_dir/shards/<split>-<kind>-<n>.parquet``.
 
     ``spilled`` must hold the index of every input partition. Shard names are fixed, so
     a rerun overwrites what a crashed run left.
@@ -391,22 +392,40 @@ def cut_stream(
     split, kind = check_stream(stream)
     parts = sorted(spilled, key=lambda s: s.part_index)
     cutter = _Cutter(storage, layout_dir, split, kind, params, geometry.rows_per_shard)
+    feed = _feed_shuffled if split == "train" else _feed_in_order
+    for rows in feed(spill, parts, stream, params):
+        cutter.feed(rows)
+        if progress is not None:
+            progress("write shards", rows.num_rows)
+    cutter.close()
+    return StreamResult(stream, cutter.rows_total, cutter.written)
+
+
+def _feed_shuffled(
+    spill: Spill, parts: Sequence[SpilledPart], stream: str, params: ShardParams
+) -> Iterator[pa.Table]:
+    """Training rows: bucket by bucket, the bucket's files of every partition in partition
+    order, permuted with a generator keyed by (seed, split, kind, bucket)."""
+    split, kind = check_stream(stream)
     for bucket in sorted({b for s in parts for b in s.files.get(stream, ())}):
         pieces = [spill.read(spill.file_name(s.part_index, stream, bucket))
                   for s in parts if s.has(stream, bucket)]
         table = pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces)
-        if split == "train":
-            rng = np.random.default_rng([params.seed, SPLIT_CODES[split], KIND_CODES[kind], bucket])
-            table = table.take(pa.array(rng.permutation(table.num_rows)))
-        else:
-            # One contiguous chunk, like the output of take(): the bytes written must not
-            # depend on how the spill happened to chunk the rows (memory vs files).
-            table = table.combine_chunks()
-        cutter.feed(table)
-        if progress is not None:
-            progress("write shards", table.num_rows)
-    cutter.close()
-    return StreamResult(stream, cutter.rows_total, cutter.written)
+        del pieces
+        rng = np.random.default_rng([params.seed, SPLIT_CODES[split], KIND_CODES[kind], bucket])
+        permuted = table.take(pa.array(rng.permutation(table.num_rows)))
+        del table  # not held while the cutter writes the permuted copy
+        yield permuted
+
+
+def _feed_in_order(
+    spill: Spill, parts: Sequence[SpilledPart], stream: str, params: ShardParams
+) -> Iterator[pa.Table]:
+    """Validation and test rows keep their order and need no bucket in memory: a chunk at
+    a time, so memory does not grow with the split's size."""
+    for s in parts:
+        if s.has(stream, 0):
+            yield from spill.chunks(spill.file_name(s.part_index, stream, 0), _CHUNK_ROWS)
 
 
 def collect_streams(results: Iterable[StreamResult], schema: pa.Schema) -> ShardResult:

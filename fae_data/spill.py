@@ -11,12 +11,14 @@ under the storage root (possibly ``s3://``) that separate tasks share.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import IO, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fae_data.chunks import iter_chunks
 from fae_data.storage import Storage
 
 #: Spill files are short-lived and read once: fastest settings.
@@ -87,6 +89,10 @@ class SpillFolder:
         with self.storage.fs.open(self.storage.path(*self.folder, name), "rb") as f:
             return pq.read_table(f)
 
+    def chunks(self, name: str, rows: int) -> Iterator[pa.Table]:
+        """The rows of one spill file, ``rows`` at a time (bounded memory)."""
+        yield from iter_chunks(self.storage, "/".join((*self.folder, name)), rows)
+
 
 @dataclass
 class SpillWriter:
@@ -112,6 +118,7 @@ class Spill(Protocol):
     def write_index(self, spilled: SpilledPart) -> None: ...
     def writer(self, name: str, schema: pa.Schema) -> SpillWriter | MemoryWriter: ...
     def read(self, name: str) -> pa.Table: ...
+    def chunks(self, name: str, rows: int) -> Iterator[pa.Table]: ...
 
 
 @dataclass
@@ -146,6 +153,11 @@ class MemorySpill:
         with self._lock:
             pieces = self.tables.pop(name)
         return pa.concat_tables(pieces)
+
+    def chunks(self, name: str, rows: int) -> Iterator[pa.Table]:
+        table = self.read(name)
+        for offset in range(0, table.num_rows, rows):
+            yield table.slice(offset, rows)
 
 
 @dataclass
