@@ -100,7 +100,9 @@ def measure(workdir: Path, rows: int, days: int, budget: str) -> dict[str, float
                                  last=days - 1))
     root = workdir / f"root_{rows}"
     shutil.rmtree(root, ignore_errors=True)
-    parse = run_child(_PARSE_CHILD.format(folder=str(folder)))
+    # The yardstick is cheap: best of 3, so one slow run does not flatter the ratio.
+    parse = min((run_child(_PARSE_CHILD.format(folder=str(folder))) for _ in range(3)),
+                key=lambda r: r["seconds"])
     lay = run_child(_LAYOUT_CHILD.format(folder=str(folder), root=str(root), budget=budget))
     out = {"rows": rows, "parse_s": parse["seconds"], **lay}
     out["end_to_end_ratio"] = (lay["ingest_s"] + lay["layout_s"]) / parse["seconds"]
