@@ -1,0 +1,304 @@
+"""Profiling a layout's training partitions: counts -> vocabularies -> plan.
+
+Partial counts are cached per partition, keyed by its checksum, input file, sampling
+parameters and counted columns; vocabularies rank the merged counts; the planner picks
+the hot rows k_t under the budget and predicts the hot-input fraction on a row sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from fae_data.chunks import iter_chunks
+from fae_data.counts import (
+    COUNT_SCHEMA,
+    TableCounts,
+    count_tables,
+    from_frame,
+    merge_tables,
+    sample_mask,
+    sample_rows,
+    to_frame,
+)
+from fae_data.errors import StorageError
+from fae_data.plan import (
+    PlanParams,
+    TableSpec,
+    default_sweep_budgets,
+    knee_index,
+    plan_hot_rows,
+    sweep_budgets,
+)
+from fae_data.shard import InputPart, encode_chunk
+from fae_data.storage import Storage
+from fae_data.vocab import Encoder, VocabParams, id_counts, rank_values
+from pipelines.inputs import (
+    DTYPE_BYTES,
+    Inputs,
+    LayoutParams,
+    Step,
+    _key,
+    _scan,
+    resolve_inputs,
+)
+
+COUNTS_DIR = "counts"
+VOCAB_DIR = "vocab"
+#: Rows sampled to predict the hot-input fraction of a budget: its standard error is at
+#: most 0.5/sqrt(n), 0.22 percentage points here, well below what a budget choice needs.
+_PLAN_SAMPLE_ROWS = 50_000
+_COUNT_CHUNK_ROWS = 1_000_000
+
+
+def counts_path(
+    inputs: Inputs, part: InputPart, sampling_rate: float, seed: int
+) -> tuple[str, ...]:
+    """Where the partial counts of ``part`` live: keyed by its checksum, input file, rows,
+    sampling parameters and the counted columns."""
+    ref = next(r for r in inputs.refs if r.name == part.name)
+    key = _key(ref.sha256, part.path, part.rows, sampling_rate, seed, dict(inputs.columns.sparse))
+    return (COUNTS_DIR, ref.path.split("/")[1], part.name, f"counts-{key}.parquet")
+
+
+def run_counts(
+    storage: Storage, inputs: Inputs, part: InputPart, sampling_rate: float, seed: int
+) -> str:
+    """Partial counts of one partition (skipped when already there). Returns its path."""
+    rel = counts_path(inputs, part, sampling_rate, seed)
+    if storage.exists(*rel):
+        return "/".join(rel)
+    partials: list[TableCounts] = []
+    offset = 0
+    columns = list(inputs.columns.sparse)
+    for chunk in iter_chunks(storage, part.path, _COUNT_CHUNK_ROWS, columns):
+        mask = sample_mask(chunk.num_rows, offset, sampling_rate, seed)
+        offset += chunk.num_rows
+        partials.append(count_tables(chunk, inputs.columns.sparse, mask))
+        if len(partials) >= 4:  # keep memory at about one vocabulary's worth of counts
+            partials = [merge_tables(partials)]
+    counted = to_frame(merge_tables(partials))
+    with storage.open_atomic(*rel) as f:
+        counted.write_parquet(f)
+    return "/".join(rel)
+
+
+def load_counts(storage: Storage, paths: Sequence[str]) -> TableCounts:
+    """Read and merge partial count files (per table, so the merge key is one uint32).
+
+    Files are merged one at a time into the running total, so memory holds the total and
+    one file, not every file at once.
+    """
+    merged: TableCounts = {}
+    for p in paths:
+        try:
+            with storage.fs.open(storage.path(p), "rb") as f:
+                frame = pl.read_parquet(f)
+        except Exception as exc:  # noqa: BLE001 - any decode failure means a corrupt file
+            raise StorageError(
+                f"{storage.display(p)}: corrupt partial count file ({exc}); delete it and rerun"
+            ) from None
+        if frame.schema != pl.Schema(COUNT_SCHEMA):
+            raise StorageError(
+                f"{storage.display(p)}: partial counts have schema {frame.schema}, expected "
+                f"{COUNT_SCHEMA}; delete the file and rerun"
+            )
+        partial = from_frame(frame)
+        del frame
+        merged = merge_tables([merged, partial]) if merged else partial
+    return merged
+
+
+# --- vocab ----------------------------------------------------------------------------
+
+
+@dataclass
+class Vocabs:
+    tables: list[str]
+    frames: dict[str, pl.DataFrame]
+    counts: dict[str, np.ndarray]  # accesses per id (index = id)
+
+    def encoders(self) -> dict[str, Encoder]:
+        return {t: Encoder(self.frames[t]) for t in self.tables}
+
+
+def run_vocab(
+    storage: Storage, inputs: Inputs, count_paths: Sequence[str], params: LayoutParams
+) -> Vocabs:
+    merged = load_counts(storage, count_paths)
+    vp = VocabParams(params.min_count, params.max_rows, params.sampling_rate)
+    tables = list(dict.fromkeys(inputs.columns.sparse.values()))
+    frames, counts = {}, {}
+    for t in tables:
+        table_counts = merged.get(t, pl.DataFrame(schema={"value": pl.UInt32, "count": pl.UInt64}))
+        frames[t] = rank_values(table_counts, vp)
+        counts[t] = id_counts(int(table_counts.get_column("count").sum() or 0), frames[t])
+    return Vocabs(tables, frames, counts)
+
+
+# --- plan -----------------------------------------------------------------------------
+
+
+def table_specs(vocabs: Vocabs, params: LayoutParams) -> list[TableSpec]:
+    return [TableSpec(t, vocabs.counts[t], params.dim_of(t)) for t in vocabs.tables]
+
+
+def plan_sample(storage: Storage, inputs: Inputs, vocabs: Vocabs, seed: int) -> dict[str, np.ndarray]:
+    """Row-wise largest id per table for a seeded sample of training rows.
+
+    A row is hot under k iff, for every table, its largest id is below k_t; the planner
+    evaluates the hot-input fraction of any budget on this sample.
+    """
+    parts = inputs.train_parts
+    total = sum(p.rows for p in parts)
+    rate = min(1.0, _PLAN_SAMPLE_ROWS / max(total, 1))
+    encoders = vocabs.encoders()
+    zero_k = {t: 0 for t in vocabs.tables}
+    maxima: dict[str, list[np.ndarray]] = {t: [] for t in vocabs.tables}
+    for part in parts:
+        # streaming: the sampled rows are kept, not the whole partition first
+        frame = sample_rows(_scan(storage, part), rate, seed).collect(engine="streaming")
+        if frame.height == 0:
+            continue
+        table, _ = encode_chunk(frame.to_arrow(), inputs.columns, encoders, zero_k)
+        per_table: dict[str, np.ndarray] = {}
+        for col, t in inputs.columns.sparse.items():
+            arr = table.column(col).combine_chunks()
+            if pa.types.is_list(arr.type):  # lists: the largest element per row
+                flat = arr.flatten().to_numpy()
+                offs = np.asarray(arr.offsets)
+                row_max = np.zeros(len(arr), dtype=np.uint32)
+                nonempty = offs[1:] > offs[:-1]
+                if flat.size:
+                    row_max[nonempty] = np.maximum.reduceat(flat, offs[:-1][nonempty])
+            else:
+                row_max = arr.to_numpy()
+            per_table[t] = np.maximum(per_table.get(t, row_max), row_max)
+        for t in vocabs.tables:
+            maxima[t].append(per_table[t])
+    return {t: np.concatenate(v) if v else np.zeros(0, np.uint32) for t, v in maxima.items()}
+
+
+def hot_fraction(sample: Mapping[str, np.ndarray], hot_rows: Mapping[str, int]) -> float:
+    n = len(next(iter(sample.values()))) if sample else 0
+    if n == 0:
+        return 0.0
+    hot = np.ones(n, dtype=bool)
+    for t, row_max in sample.items():
+        hot &= row_max < hot_rows[t]
+    return float(hot.mean())
+
+
+@dataclass
+class PlanOutcome:
+    plan: dict[str, Any]  # fae_data.plan.Plan.to_dict()
+    sweep: list[dict[str, Any]]
+    knee_budget_bytes: int | None
+    predicted_hot_input_fraction: float
+    sample_rows: int
+    sampling: dict[str, Any] = field(default_factory=dict)
+
+
+def run_plan(
+    storage: Storage, inputs: Inputs, vocabs: Vocabs, params: LayoutParams, sweep: bool = True
+) -> PlanOutcome:
+    """Choose k_t under the budget, and (with ``sweep``) chart coverage over budgets."""
+    specs = table_specs(vocabs, params)
+    dtype_bytes = DTYPE_BYTES[params.dtype]
+    pp = PlanParams(params.budget_bytes, dtype_bytes, params.optimizer_slots)
+    plan = plan_hot_rows(specs, pp)
+    sample = plan_sample(storage, inputs, vocabs, params.seed)
+    n = len(next(iter(sample.values()))) if sample else 0
+    predicted = hot_fraction(sample, plan.hot_rows)
+    points: list[dict[str, Any]] = []
+    knee = None
+    if sweep:
+        budgets = default_sweep_budgets(specs, dtype_bytes, params.optimizer_slots)
+        swept = sweep_budgets(specs, pp, budgets, lambda k: hot_fraction(sample, k))
+        points = [asdict(p) for p in swept]
+        if len(swept) >= 3:
+            # Hot-input fraction against the budget in bytes (linear): it saturates, and
+            # the knee is where another byte starts to buy little.
+            xs = [float(p.budget_bytes) for p in swept]
+            ys = [p.hot_input_fraction or 0.0 for p in swept]
+            knee = swept[knee_index(xs, ys, log_x=False)].budget_bytes
+    return PlanOutcome(plan.to_dict(), points, knee, predicted, n,
+                       _sampling_error(storage, inputs, vocabs, params, plan))
+
+
+def _sampling_error(
+    storage: Storage, inputs: Inputs, vocabs: Vocabs, params: LayoutParams, plan: Any
+) -> dict[str, Any]:
+    """How far a sampled profile may be from the exact one.
+
+    With exact counts at hand (an earlier exact run over the same partitions), the two hot
+    sets are compared value by value; otherwise the binomial standard error of the
+    sampled access coverage is given.
+    """
+    if params.sampling_rate >= 1.0:
+        return {"rate": 1.0, "exact": True}
+    accesses = sum(int(c.sum()) for c in vocabs.counts.values())
+    cov = plan.hot_access_coverage
+    out: dict[str, Any] = {
+        "rate": params.sampling_rate,
+        "exact": False,
+        "sampled_accesses": accesses,
+        "coverage_stderr": float(np.sqrt(cov * (1 - cov) / max(accesses, 1))),
+    }
+    exact_paths = []
+    for part in inputs.train_parts:
+        rel = counts_path(inputs, part, 1.0, params.seed)
+        if not storage.exists(*rel):
+            return out
+        exact_paths.append("/".join(rel))
+    exact = run_vocab(storage, inputs, exact_paths, replace(params, sampling_rate=1.0))
+    dtype_bytes = DTYPE_BYTES[params.dtype]
+    exact_plan = plan_hot_rows(table_specs(exact, params),
+                               PlanParams(params.budget_bytes, dtype_bytes, params.optimizer_slots))
+    same = total = 0
+    for t in vocabs.tables:
+        sampled_hot = set(vocabs.frames[t].head(max(plan.hot_rows[t] - 1, 0))["value"].to_list())
+        exact_hot = set(exact.frames[t].head(max(exact_plan.hot_rows[t] - 1, 0))["value"].to_list())
+        same += len(sampled_hot & exact_hot)
+        total += len(exact_hot)
+    out.update({
+        "exact_hot_access_coverage": exact_plan.hot_access_coverage,
+        "hot_set_overlap": same / total if total else 1.0,
+    })
+    return out
+
+
+def profile_layout(
+    storage: Storage,
+    inputs: Inputs,
+    params: LayoutParams,
+    *,
+    sweep: bool = True,
+    step: Step = lambda _m: None,
+    progress: Callable[[str, int], None] | None = None,
+) -> tuple[Vocabs, PlanOutcome]:
+    """counts (cached per partition) -> vocab -> plan: what every way of running a layout
+    does before its shards."""
+    step("counting accesses")
+    count_paths = []
+    for part in inputs.train_parts:
+        count_paths.append(run_counts(storage, inputs, part, params.sampling_rate, params.seed))
+        if progress is not None:
+            progress("count", part.rows)
+    step("building vocabularies")
+    vocabs = run_vocab(storage, inputs, count_paths, params)
+    step("planning hot rows")
+    return vocabs, run_plan(storage, inputs, vocabs, params, sweep=sweep)
+
+
+def run_plan_only(root: str, params: LayoutParams, sweep: bool = True) -> PlanOutcome:
+    """counts -> vocab -> plan without writing shards (``fae plan``)."""
+    storage = Storage(root)
+    return profile_layout(storage, resolve_inputs(storage, params), params, sweep=sweep)[1]
+
+
