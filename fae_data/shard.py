@@ -77,8 +77,8 @@ class ShardParams:
     batch_size: int = 2048
     shard_bytes: int = 256 << 20  # target size of a shard file (uncompressed estimate)
     # What the shuffle may hold at once. Pass 2 cuts two streams at a time, each holding
-    # a bucket and its permuted copy, so a bucket gets a quarter of it; a layout of at
-    # most half of it is shuffled in memory without spill files.
+    # a bucket and its permuted copy, plus the allocators' slack: a bucket gets an eighth
+    # of it. A layout of at most half of it is shuffled in memory without spill files.
     shuffle_memory_bytes: int = 512 << 20
     seed: int = 0
     # lz4 without dictionaries or statistics: one row group per minibatch means thousands
@@ -186,11 +186,11 @@ class ShardGeometry:
 
 
 def shard_geometry(total_rows: int, schema: pa.Schema, params: ShardParams) -> ShardGeometry:
-    """Buckets of at most a quarter of ``shuffle_memory_bytes``, and shards of about
+    """Buckets of at most an eighth of ``shuffle_memory_bytes``, and shards of about
     ``shard_bytes`` (both by the in-memory size of a row of ``schema``, the shard schema,
     as :func:`row_bytes` estimates it)."""
     size = row_bytes(schema)
-    buckets = max(1, math.ceil(total_rows * size * 4 / params.shuffle_memory_bytes))
+    buckets = max(1, math.ceil(total_rows * size * 8 / params.shuffle_memory_bytes))
     batches_per_shard = max(1, params.shard_bytes // (size * params.batch_size))
     return ShardGeometry(buckets, batches_per_shard * params.batch_size)
 

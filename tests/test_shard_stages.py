@@ -304,7 +304,7 @@ def test_geometry_is_decided_by_the_total_row_count() -> None:
                         ("c", pa.uint32()), ("d", pa.uint32()), ("e", pa.uint32()),
                         ("f", pa.uint32())])  # 1 + 8 + 16 = 25 B a row
     assert shard.row_bytes(schema) == 25
-    params = ShardParams(batch_size=10, shard_bytes=1000, shuffle_memory_bytes=10_000)
+    params = ShardParams(batch_size=10, shard_bytes=1000, shuffle_memory_bytes=20_000)
     assert shard_geometry(100, schema, params) == shard.ShardGeometry(1, 40)
     assert shard_geometry(101, schema, params).buckets == 2
     assert shard_geometry(0, schema, params).buckets == 1
