@@ -23,7 +23,6 @@ from fae_data.counts import (
     from_frame,
     merge_tables,
     sample_mask,
-    sample_rows,
     to_frame,
 )
 from fae_data.errors import StorageError
@@ -44,7 +43,6 @@ from pipelines.inputs import (
     LayoutParams,
     Step,
     _key,
-    _scan,
     resolve_inputs,
 )
 
@@ -54,6 +52,7 @@ VOCAB_DIR = "vocab"
 #: most 0.5/sqrt(n), 0.22 percentage points here, well below what a budget choice needs.
 _PLAN_SAMPLE_ROWS = 50_000
 _COUNT_CHUNK_ROWS = 1_000_000
+_PLAN_CHUNK_ROWS = 262_144
 
 
 def counts_path(
@@ -152,7 +151,9 @@ def plan_sample(storage: Storage, inputs: Inputs, vocabs: Vocabs, seed: int) -> 
     """Row-wise largest id per table for a seeded sample of training rows.
 
     A row is hot under k iff, for every table, its largest id is below k_t; the planner
-    evaluates the hot-input fraction of any budget on this sample.
+    evaluates the hot-input fraction of any budget on this sample. Partitions are read a
+    chunk at a time (on every storage), and the sample is drawn by row position, so it
+    does not depend on the chunking.
     """
     parts = inputs.train_parts
     total = sum(p.rows for p in parts)
@@ -161,27 +162,35 @@ def plan_sample(storage: Storage, inputs: Inputs, vocabs: Vocabs, seed: int) -> 
     zero_k = {t: 0 for t in vocabs.tables}
     maxima: dict[str, list[np.ndarray]] = {t: [] for t in vocabs.tables}
     for part in parts:
-        # streaming: the sampled rows are kept, not the whole partition first
-        frame = sample_rows(_scan(storage, part), rate, seed).collect(engine="streaming")
-        if frame.height == 0:
-            continue
-        table, _ = encode_chunk(frame.to_arrow(), inputs.columns, encoders, zero_k)
-        per_table: dict[str, np.ndarray] = {}
-        for col, t in inputs.columns.sparse.items():
-            arr = table.column(col).combine_chunks()
-            if pa.types.is_list(arr.type):  # lists: the largest element per row
-                flat = arr.flatten().to_numpy()
-                offs = np.asarray(arr.offsets)
-                row_max = np.zeros(len(arr), dtype=np.uint32)
-                nonempty = offs[1:] > offs[:-1]
-                if flat.size:
-                    row_max[nonempty] = np.maximum.reduceat(flat, offs[:-1][nonempty])
-            else:
-                row_max = arr.to_numpy()
-            per_table[t] = np.maximum(per_table.get(t, row_max), row_max)
-        for t in vocabs.tables:
-            maxima[t].append(per_table[t])
+        offset = 0
+        for chunk in iter_chunks(storage, part.path, _PLAN_CHUNK_ROWS):
+            keep = sample_mask(chunk.num_rows, offset, rate, seed)
+            offset += chunk.num_rows
+            sampled = chunk if keep is None else chunk.filter(keep.to_arrow())
+            if sampled.num_rows == 0:
+                continue
+            table, _ = encode_chunk(sampled, inputs.columns, encoders, zero_k)
+            for t, row_max in _row_maxima(table, inputs.columns.sparse).items():
+                maxima[t].append(row_max)
     return {t: np.concatenate(v) if v else np.zeros(0, np.uint32) for t, v in maxima.items()}
+
+
+def _row_maxima(table: pa.Table, sparse: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """The largest id of every row, per table (list columns: their largest element)."""
+    per_table: dict[str, np.ndarray] = {}
+    for col, t in sparse.items():
+        arr = table.column(col).combine_chunks()
+        if pa.types.is_list(arr.type):
+            flat = arr.flatten().to_numpy()
+            offs = np.asarray(arr.offsets)
+            row_max = np.zeros(len(arr), dtype=np.uint32)
+            nonempty = offs[1:] > offs[:-1]
+            if flat.size:
+                row_max[nonempty] = np.maximum.reduceat(flat, offs[:-1][nonempty])
+        else:
+            row_max = arr.to_numpy()
+        per_table[t] = np.maximum(per_table.get(t, row_max), row_max)
+    return per_table
 
 
 def hot_fraction(sample: Mapping[str, np.ndarray], hot_rows: Mapping[str, int]) -> float:
