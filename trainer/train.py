@@ -373,7 +373,14 @@ class Trainer:
         log.info("checkpoint step %d -> %s", self.step, path)
 
     def _restore(self, c: dict[str, Any]) -> None:
-        self.model.load_state_dict(c["model"])
+        try:
+            self.model.load_state_dict(c["model"])
+        except RuntimeError as exc:  # e.g. a checkpoint of an older model shape
+            first = str(exc).strip().splitlines()[0]
+            raise CheckpointError(
+                f"{c['path']}: its model weights do not fit the model it describes ({first}); "
+                "it was written by another version of the trainer. Start without --resume."
+            ) from None
         self.optimizer.load_state_dict(c["dense_optimizer"])
         self.placement.load_tables(c["embedding"]["weight"], c["embedding"]["state"])
         self.step, self.epoch, self.samples = int(c["step"]), int(c["epoch"]), int(c["samples"])

@@ -106,6 +106,24 @@ def test_checkpoint_of_another_vocabulary_is_refused(layouts: Layouts, tmp_path:
         Trainer(TrainConfig(layouts.criteo, resume=str(tmp_path / "junk.pt")))
 
 
+def test_checkpoint_of_another_model_shape_is_refused(layouts: Layouts, tmp_path: Path) -> None:
+    """A checkpoint whose weights do not fit its model (another trainer version): a clear
+    error naming it, not torch's state_dict traceback."""
+    import torch
+
+    from trainer import checkpoint as ckpt_io
+
+    Trainer(TrainConfig(layouts.criteo, max_steps=2, log_every=0, eval_batches=1,
+                        checkpoint=str(tmp_path), **CPU_TINY)).fit()  # type: ignore[arg-type]
+    saved = ckpt_io.load(tmp_path)
+    path = Path(saved.pop("path"))
+    saved["model"] = {**saved["model"], "bottom.9.weight": torch.zeros(1)}
+    torch.save(saved, path.with_suffix(".tmp"))  # the loaded tensors map the old file
+    path.with_suffix(".tmp").replace(path)
+    with pytest.raises(CheckpointError, match=r"weights do not fit the model.*without --resume"):
+        Trainer(TrainConfig(layouts.criteo, resume=str(tmp_path), **CPU_TINY))  # type: ignore[arg-type]
+
+
 def test_bad_options() -> None:
     with pytest.raises(TrainerError, match="placement 'tpu'"):
         TrainConfig("x", placement="tpu")
