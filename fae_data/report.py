@@ -6,21 +6,9 @@ CSS, figures rendered to PNG and inlined as ``data:`` URIs, no external file or 
 :func:`write_report` loads a layout, finds its partition markers and writes the page
 atomically next to the manifest.
 
-Definitions used on the page (``tests/test_report.py`` recomputes them naively):
-
-* A table's rows are its ids ``0 .. vocab_size - 1``; ``counts[i]`` is the accesses of id
-  ``i`` in the counted (sampled) training partitions, from ``vocab/<table>.parquet``. The
-  vocabulary file does not store id 0 (null, unseen, rare values); its accesses are derived
-  as ``table total - sum(counts[1:])`` when every table is looked up by exactly one scalar
-  column (Criteo: every table then sees the same ``stats.accesses_total / tables``
-  accesses). Otherwise id 0 is counted as 0 and the page says so.
-* Top p% of rows: the ``ceil(p * vocab_size)`` rows (at least 1) with the most accesses;
-  their share is their accesses over the table's accesses.
-* Hot prefix coverage: accesses of ids ``< k_t`` over the table's accesses.
-
-Figures are drawn on :class:`matplotlib.figure.Figure` objects and saved with the Agg
-renderer; pyplot is never imported, so no global backend is switched under a caller and no
-figure is registered anywhere that could leak.
+This module holds the page: its inputs, its HTML sections and their formatting. The skew
+numbers and their definitions are :mod:`fae_data.skew`; the figures are drawn by
+:mod:`fae_data.report_figures`.
 """
 
 from __future__ import annotations
@@ -29,21 +17,25 @@ import base64
 import html
 import io
 import logging
-import math
 import posixpath
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import pyarrow.parquet as pq
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from fae_data.errors import FaeError
 from fae_data.ingest import read_marker
-from fae_data.manifest import KINDS, LAYOUTS_DIR, SPLITS, Manifest, TableRef, load
+from fae_data.manifest import KINDS, LAYOUTS_DIR, SPLITS, Manifest, load
 from fae_data.plan import ALL_HOT_NOTE
+from fae_data.report_figures import (
+    _bytes,
+    _cdf_combined,
+    _cdf_multiples,
+    _num,
+    _rows_figure,
+    _sweep_figure,
+)
+from fae_data.skew import TableSkew, _read_counts, _skew, _table_totals
 from fae_data.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -52,12 +44,7 @@ REPORT_NAME = "report.html"
 PLAN_NAME = "plan.json"
 #: Tables drawn as small multiples (the largest by vocabulary size).
 SMALL_MULTIPLES = 8
-#: Points per access curve: geometrically spaced ranks keep a 40M-row table cheap to draw.
-_CURVE_POINTS = 400
 _TOP_REASONS = 3
-#: The lowest cumulative share an access curve's y axis shows.
-_MIN_SHARE = 1e-4
-_KIND_COLOURS = {"hot": "#d9534f", "cold": "#337ab7", "all": "#8c8c8c"}
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;
@@ -74,22 +61,6 @@ th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}
 th{background:#f5f5f5}td:first-child,th:first-child{text-align:left}
 img{max-width:100%;display:block;margin:8px 0}
 """
-
-
-@dataclass(frozen=True)
-class TableSkew:
-    """Skew figures of one table (see the module docstring for the definitions)."""
-
-    name: str
-    vocab_size: int
-    hot_rows: int
-    accesses: int
-    top_0_1: float  # share of accesses taken by the top 0.1% of rows
-    top_1: float  # ... by the top 1% of rows
-    hottest: int  # accesses of the most accessed row
-    hot_coverage: float  # share of accesses of ids < k_t
-    ranks: np.ndarray  # prefix lengths 1..vocab_size (downsampled)
-    cum_share: np.ndarray  # share of accesses of ids < rank
 
 
 def build_report(
@@ -196,37 +167,6 @@ def _read_plan(store: Storage) -> tuple[dict[str, Any] | None, str | None]:
     return plan, None
 
 
-def _table_totals(manifest: Manifest) -> dict[str, int] | None:
-    """Accesses per table, id 0 included: recorded per table since manifests carry
-    ``tables[].accesses``; for older ones derived from ``stats.accesses_total``."""
-    if manifest.tables and all(t.accesses > 0 for t in manifest.tables):
-        return {t.name: t.accesses for t in manifest.tables}
-    total = manifest.stats.get("accesses_total")
-    n = len(manifest.tables)
-    lookups: dict[str, list[str]] = {t.name: [] for t in manifest.tables}
-    for c in manifest.columns:
-        if c.role == "sparse" and c.table in lookups:
-            lookups[c.table].append(c.type)
-    one_scalar = all(len(v) == 1 and not v[0].startswith(("list", "large_list"))
-                     for v in lookups.values())
-    if not isinstance(total, int) or n == 0 or total % n or not one_scalar:
-        return None
-    return {t.name: total // n for t in manifest.tables}
-
-
-def _read_counts(store: Storage, t: TableRef) -> np.ndarray:
-    """Accesses per id (index = id) with id 0 left at 0."""
-    with store.fs.open(store.path(t.vocab_path), "rb") as f:
-        table = pq.read_table(f, columns=["id", "count"])
-    ids = table.column("id").to_numpy().astype(np.int64)
-    cnt = table.column("count").to_numpy().astype(np.int64)
-    counts = np.zeros(t.vocab_size, dtype=np.int64)
-    if ids.size and (ids.min() < 1 or ids.max() >= t.vocab_size):
-        raise ValueError(f"ids {ids.min()}..{ids.max()} outside 1..{t.vocab_size - 1}")
-    counts[ids] = cnt
-    return counts
-
-
 def _table_skews(manifest: Manifest, store: Storage, problems: list[str]) -> list[TableSkew]:
     totals = _table_totals(manifest)
     if totals is None:
@@ -250,36 +190,6 @@ def _table_skews(manifest: Manifest, store: Storage, problems: list[str]) -> lis
                                 "id 0 counted as 0")
         skews.append(_skew(t, counts))
     return skews
-
-
-def _skew(t: TableRef, counts: np.ndarray) -> TableSkew:
-    total = int(counts.sum())
-    v = t.vocab_size
-
-    def share(accesses: Any) -> Any:
-        return accesses / total if total else 0.0 * accesses
-
-    cum = np.cumsum(counts)
-    ranks = np.unique(np.geomspace(1, v, min(v, _CURVE_POINTS)).astype(np.int64))
-    ranks[-1] = v
-    return TableSkew(
-        name=t.name, vocab_size=v, hot_rows=t.hot_rows, accesses=total,
-        top_0_1=float(share(_top_sum(counts, max(1, -(-v // 1000))))),
-        top_1=float(share(_top_sum(counts, max(1, -(-v // 100))))),
-        hottest=int(counts.max()),
-        hot_coverage=float(share(cum[t.hot_rows - 1])) if t.hot_rows else 0.0,
-        ranks=ranks, cum_share=np.asarray(share(cum[ranks - 1]), dtype=np.float64),
-    )
-
-
-def _top_sum(counts: np.ndarray, n: int) -> int:
-    """Accesses of the ``n`` most accessed rows, without sorting a frequency-ranked table."""
-    rest = counts[1:]
-    if rest.size > 1 and np.any(np.diff(rest) > 0):  # not ranked after all: sort it
-        return int(np.sort(counts)[::-1][:n].sum())
-    if np.count_nonzero(rest > counts[0]) >= n:  # id 0 is not among the top n
-        return int(rest[:n].sum())
-    return int(counts[0] + rest[: n - 1].sum())
 
 
 # --- sections ---------------------------------------------------------------------------
@@ -419,126 +329,6 @@ def _rejects_section(m: Manifest, markers: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(out)
 
 
-# --- figures ----------------------------------------------------------------------------
-
-
-def _cdf_combined(skews: Sequence[TableSkew]) -> Figure:
-    fig = Figure(figsize=(10, 5.2), dpi=100, layout="constrained")
-    ax = fig.add_subplot()
-    colours = _colours(len(skews))
-    for s, c in zip(skews, colours):
-        ax.plot(s.ranks, _positive(s.cum_share), color=c, lw=1.2, label=s.name)
-        if s.hot_rows and s.hot_coverage > 0:
-            ax.plot([s.hot_rows], [s.hot_coverage], "o", color=c, ms=4)
-    _loglog(ax, skews, "rows (first N ids)", "cumulative share of accesses")
-    ax.set_title(f"Access CDF, all {len(skews)} tables (dot = k_t)")
-    ax.legend(ncol=2 if len(skews) > 13 else 1, fontsize=7, loc="upper left",
-              bbox_to_anchor=(1.01, 1.0), frameon=False, handlelength=1.2)
-    return fig
-
-
-def _cdf_multiples(skews: Sequence[TableSkew]) -> Figure:
-    cols = min(4, len(skews))
-    nrows = math.ceil(len(skews) / cols)
-    fig = Figure(figsize=(10, 2.6 * nrows + 0.4), dpi=100, layout="constrained")
-    axes = fig.subplots(nrows, cols, squeeze=False)
-    for ax, s in zip(axes.flat, skews):
-        ax.plot(s.ranks, _positive(s.cum_share), color="#337ab7", lw=1.4)
-        if s.hot_rows:
-            ax.axvline(s.hot_rows, color="#d9534f", ls="--", lw=1)
-            if s.hot_coverage > 0:
-                ax.plot([s.hot_rows], [s.hot_coverage], "o", color="#d9534f", ms=4)
-        _loglog(ax, skews, "", "")
-        ax.set_title(f"{s.name}: {s.vocab_size:,} rows, k_t {s.hot_rows:,}\n"
-                     f"hot prefix takes {s.hot_coverage:.1%}", fontsize=9)
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(skews):]:
-        ax.set_visible(False)
-    fig.suptitle(f"Largest {len(skews)} tables: cumulative share of accesses vs rows "
-                 "(dashed = k_t)", fontsize=11)
-    return fig
-
-
-def _sweep_figure(m: Manifest, pts: Sequence[Mapping[str, Any]], knee: Any) -> Figure:
-    x = np.array([float(p["budget_bytes"]) for p in pts])
-    cov = np.array([_num(p.get("hot_access_coverage"), math.nan) for p in pts])
-    hif = np.array([_num(p.get("hot_input_fraction"), math.nan) for p in pts])
-    fig = Figure(figsize=(10, 4.4), dpi=100, layout="constrained")
-    ax = fig.add_subplot()
-    ax.plot(x, cov, "-o", ms=3, color="#337ab7", label="hot access coverage")
-    ax.plot(x, hif, "-o", ms=3, color="#d9534f", label="hot input fraction (sampled)")
-    budget = float(m.params.get("budget_bytes", 0))
-    if budget > 0:
-        ax.axvline(budget, color="black", lw=1.2, label=f"chosen budget {_bytes(budget)}")
-        st = m.stats
-        for key, colour in (("hot_access_coverage", "#337ab7"), ("hot_input_fraction", "#d9534f")):
-            if st.get(key) is not None:
-                ax.plot([budget], [float(st[key])], "*", color=colour, ms=12, mec="black")
-    if isinstance(knee, (int, float)) and knee > 0:
-        ax.axvline(float(knee), color="#5cb85c", ls="--", lw=1.2, label=f"knee {_bytes(knee)}")
-    ax.set_xscale("log")
-    ax.set_ylim(-0.02, 1.02)
-    marks = [v for v in (budget, _num(knee)) if v > 0]
-    _budget_ticks(ax, min(x.min(), *marks), max(x.max(), *marks))
-    ax.set_xlabel("GPU budget (log scale)")
-    ax.set_ylabel("share")
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
-    ax.set_title("What a budget buys (stars: this layout, measured)")
-    return fig
-
-
-def _rows_figure(keys: Sequence[str], by: Mapping[str, int]) -> Figure:
-    fig = Figure(figsize=(10, 0.45 * len(keys) + 1.0), dpi=100, layout="constrained")
-    ax = fig.add_subplot()
-    y = np.arange(len(keys))[::-1]
-    vals = [by[k] for k in keys]
-    ax.barh(y, vals, color=[_KIND_COLOURS.get(k.rsplit("/", 1)[-1], "#8c8c8c") for k in keys])
-    ax.set_yticks(y, keys)
-    for yi, v in zip(y, vals):
-        ax.text(v, yi, f" {v:,}", va="center", fontsize=8)
-    ax.set_xlim(0, max(vals) * 1.15 if max(vals) else 1)
-    ax.set_xlabel("rows")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}"))
-    return fig
-
-
-def _loglog(ax: Any, skews: Sequence[TableSkew], xlabel: str, ylabel: str) -> None:
-    """Log-log axes with one y range for all ``skews`` (so panels compare) in percent."""
-    firsts = [float(y[y > 0][0]) for y in (s.cum_share for s in skews) if np.any(y > 0)]
-    low = min(0.05, max(_MIN_SHARE, min(firsts, default=0.05)) / 1.5)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_ylim(low, 1.3)
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v * 100:.2g}%" if v < 0.01
-                                               else f"{v:.0%}"))
-    ax.minorticks_off()  # hundreds of log minor ticks make the layout slow and busy
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, which="major", alpha=0.3)
-
-
-def _positive(y: np.ndarray) -> np.ndarray:
-    """Zero shares cannot sit on a log axis: leave them out of the line."""
-    return np.where(y > 0, y, np.nan)
-
-
-def _budget_ticks(ax: Any, lo: float, hi: float) -> None:
-    """Ticks at powers of two (1 KiB, 16 KiB, 1 MiB...) rather than 9.766 KiB."""
-    first, last = math.floor(math.log2(lo)), math.ceil(math.log2(hi))
-    step = max(1, math.ceil((last - first) / 10))
-    ticks = [2.0**e for e in range(first, last + 1) if e % step == 0]
-    ax.set_xticks(ticks, [_bytes(t) for t in ticks])
-    ax.xaxis.set_minor_formatter(NullFormatter())
-
-
-def _colours(n: int) -> list[Any]:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab20" if n <= 20 else "turbo"]
-    return [cmap(i / max(n - 1, 1)) if n > 20 else cmap(i) for i in range(n)]
-
-
 def _img(fig: Figure, alt: str) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})  # no URL in the page
@@ -564,21 +354,10 @@ def _pct(x: Any) -> str:
     return "n/a" if x is None else f"{float(x):.2%}"
 
 
-def _bytes(n: float) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:,.4g} {unit}"
-    return f"{n:,.0f} B"
-
-
 def _ratio(a: float, b: float) -> float:
     return a / b if b else 0.0
 
 
-def _num(value: Any, default: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return default
-    return float(value)
 
 
 def _int(value: Any) -> int:

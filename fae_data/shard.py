@@ -7,18 +7,19 @@ every sparse column, list elements included, is below its table's k_t) or cold, 
 are appended to spill files, one per (partition, split, kind, bucket), the bucket drawn at
 random with a generator seeded by (seed, partition, chunk).
 
-Pass 2 (:func:`cut_stream`, one (split, kind) stream at a time) reads one bucket at a
-time (its files of every partition, in partition order), permutes it (seeded) and feeds a
-cutter that writes Parquet shards whose row groups are exactly one minibatch of
-``batch_size`` rows; only the very last batch of a stream may be short, and the manifest
-records it. Random bucket assignment followed by an in-bucket permutation is a uniform
-shuffle, and memory holds one bucket, not the data set. Validation and test rows keep
-their order.
+Pass 2 (:func:`cut_stream`, one (split, kind) stream at a time, in
+:mod:`fae_data.cutter`) permutes one bucket at a time and cuts the stream into Parquet
+shards of whole minibatches; validation and test rows keep their order.
 
 Because the bucket count and shard size come from the layout's total row count
 (:func:`shard_geometry`) and every random draw from a fixed key, the partitions and the
 streams can be processed by separate tasks, in any order, and give the same bytes as
 :func:`write_shards`, which runs both passes in one process.
+
+This module holds the encoding, the geometry and schema, pass 1 and :func:`write_shards`.
+The definitions both passes share are in :mod:`fae_data.shard_types`; this module
+re-exports them and pass 2's functions, so ``fae_data.shard`` stays the one import for
+callers.
 """
 
 from __future__ import annotations
@@ -27,29 +28,35 @@ import logging
 import math
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fae_data.chunks import iter_chunks
+from fae_data.cutter import StreamResult, collect_streams, cut_stream
 from fae_data.errors import InputError, StorageError
 from fae_data.schema import TAOBAO_HISTORY_LENGTH
+from fae_data.shard_types import (
+    _CHUNK_ROWS,
+    STREAMS,
+    ProgressFn,
+    ShardGeometry,
+    ShardParams,
+    ShardResult,
+)
 from fae_data.spill import MemorySpill, MemoryWriter, Spill, SpilledPart, SpillFolder, SpillWriter
 from fae_data.storage import Storage
 from fae_data.vocab import Encoder
 
+# Shared definitions, re-exported for the callers that import them from here.
+from fae_data.shard_types import KIND_CODES, SPLIT_CODES, WrittenShard, check_stream  # noqa: F401
+
 log = logging.getLogger(__name__)
 
-SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
-KIND_CODES = {"hot": 0, "cold": 1, "all": 2}
-#: Every (split, kind) stream, in the order their shards are listed in a manifest.
-STREAMS = ("train/hot", "train/cold", "val/all", "test/all")
-_CHUNK_ROWS = 262_144
 _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fae-encode")
 
 
@@ -70,49 +77,6 @@ class InputPart:
     path: str  # inside the storage
     rows: int
     ranges: tuple[tuple[str, int, int], ...]
-
-
-@dataclass(frozen=True)
-class ShardParams:
-    batch_size: int = 2048
-    shard_bytes: int = 256 << 20  # target size of a shard file (uncompressed estimate)
-    # What the shuffle may hold at once. Pass 2 cuts two streams at a time, each holding
-    # a bucket and its permuted copy, plus the allocators' slack: a bucket gets an eighth
-    # of it. A layout of at most half of it is shuffled in memory without spill files.
-    shuffle_memory_bytes: int = 512 << 20
-    seed: int = 0
-    # lz4 without dictionaries or statistics: one row group per minibatch means thousands
-    # of small row groups, where per-chunk overheads dominate and the trainer wants cheap
-    # decoding more than the last 30% of size.
-    compression: str = "lz4"
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise InputError(f"batch_size ({self.batch_size}) must be at least 1")
-        if self.shard_bytes < 1:
-            raise InputError(f"shard_bytes ({self.shard_bytes}) must be positive")
-
-
-@dataclass
-class WrittenShard:
-    path: str  # relative to the layout folder
-    split: str
-    kind: str
-    rows: int
-    batches: int
-    bytes: int
-    sha256: str
-    last_batch_rows: int
-
-
-@dataclass
-class ShardResult:
-    shards: list[WrittenShard] = field(default_factory=list)
-    rows_by_split_and_kind: dict[str, int] = field(default_factory=dict)
-    schema: pa.Schema | None = None
-
-
-ProgressFn = Callable[[str, int], None]  # (phase, rows done in this phase)
 
 
 def encode_chunk(
@@ -176,15 +140,6 @@ def _valid(arr: pa.Array) -> np.ndarray | None:
 # --- geometry and schema: decided once per layout, so that separate tasks agree ---------
 
 
-@dataclass(frozen=True)
-class ShardGeometry:
-    """How a layout's rows are bucketed and cut; every pass-1 and pass-2 task must use
-    the same values, so they are derived once from the layout's total row count."""
-
-    buckets: int  # shuffle buckets per (split, kind) stream
-    rows_per_shard: int  # a whole number of minibatches
-
-
 def shard_geometry(total_rows: int, schema: pa.Schema, params: ShardParams) -> ShardGeometry:
     """Buckets of at most an eighth of ``shuffle_memory_bytes``, and shards of about
     ``shard_bytes`` (both by the in-memory size of a row of ``schema``, the shard schema,
@@ -242,15 +197,6 @@ def layout_schema(storage: Storage, parts: Sequence[InputPart], cols: LayoutColu
     the partitions of a layout share one schema)."""
     with storage.fs.open(storage.path(parts[0].path), "rb") as f:
         return shard_schema(cols, pq.read_schema(f))
-
-
-def check_stream(stream: str) -> tuple[str, str]:
-    """``"train/hot"`` -> ``("train", "hot")``; anything but one of :data:`STREAMS` is an
-    InputError."""
-    if stream not in STREAMS:
-        raise InputError(f"stream {stream!r} unknown: use one of {', '.join(STREAMS)}")
-    split, kind = stream.split("/")
-    return split, kind
 
 
 def streams_of(parts: Sequence[InputPart]) -> list[str]:
@@ -351,95 +297,6 @@ def _bucketed(
         yield stream, k % buckets, ordered.slice(int(lo_i), int(hi_i - lo_i))
 
 
-# --- pass 2: shuffle and cut one stream -----------------------------------------------
-
-
-@dataclass
-class StreamResult:
-    """The shards one (split, kind) stream was cut into."""
-
-    stream: str
-    rows: int
-    shards: list[WrittenShard]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> StreamResult:
-        return cls(raw["stream"], int(raw["rows"]), [WrittenShard(**s) for s in raw["shards"]])
-
-
-def cut_stream(
-    storage: Storage,
-    layout_dir: tuple[str, ...],
-    spill: Spill,
-    spilled: Sequence[SpilledPart],
-    stream: str,
-    geometry: ShardGeometry,
-    params: ShardParams,
-    progress: ProgressFn | None = None,
-) -> StreamResult:
-    """Pass 2 for one stream: training rows bucket by bucket, each bucket's files of every
-    partition in partition order (the rows a single spill file of the bucket would hold)
-    permuted with a generator keyed by (seed, split, kind, bucket); validation and test
-    rows in order, a chunk at a time. A cutter writes them to
-    ``layout_dir/shards/<split>-<kind>-<n>.parquet``.
-
-    ``spilled`` must hold the index of every input partition. Shard names are fixed, so
-    a rerun overwrites what a crashed run left.
-    """
-    split, kind = check_stream(stream)
-    parts = sorted(spilled, key=lambda s: s.part_index)
-    cutter = _Cutter(storage, layout_dir, split, kind, params, geometry.rows_per_shard)
-    feed = _feed_shuffled if split == "train" else _feed_in_order
-    for rows in feed(spill, parts, stream, params):
-        cutter.feed(rows)
-        if progress is not None:
-            progress("write shards", rows.num_rows)
-    cutter.close()
-    return StreamResult(stream, cutter.rows_total, cutter.written)
-
-
-def _feed_shuffled(
-    spill: Spill, parts: Sequence[SpilledPart], stream: str, params: ShardParams
-) -> Iterator[pa.Table]:
-    """Training rows: bucket by bucket, the bucket's files of every partition in partition
-    order, permuted with a generator keyed by (seed, split, kind, bucket)."""
-    split, kind = check_stream(stream)
-    for bucket in sorted({b for s in parts for b in s.files.get(stream, ())}):
-        pieces = [spill.read(spill.file_name(s.part_index, stream, bucket))
-                  for s in parts if s.has(stream, bucket)]
-        table = pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces)
-        del pieces
-        rng = np.random.default_rng([params.seed, SPLIT_CODES[split], KIND_CODES[kind], bucket])
-        permuted = table.take(pa.array(rng.permutation(table.num_rows)))
-        del table  # not held while the cutter writes the permuted copy
-        yield permuted
-
-
-def _feed_in_order(
-    spill: Spill, parts: Sequence[SpilledPart], stream: str, params: ShardParams
-) -> Iterator[pa.Table]:
-    """Validation and test rows keep their order and need no bucket in memory: a chunk at
-    a time, so memory does not grow with the split's size."""
-    for s in parts:
-        if s.has(stream, 0):
-            yield from spill.chunks(spill.file_name(s.part_index, stream, 0), _CHUNK_ROWS)
-
-
-def collect_streams(results: Iterable[StreamResult], schema: pa.Schema) -> ShardResult:
-    """The layout's shards from its streams' results, in :data:`STREAMS` order whatever
-    order they finished in, so the manifest does not depend on timing. Empty streams
-    write no shards and are left out of the row counts."""
-    out = ShardResult(schema=schema)
-    for r in sorted(results, key=lambda r: STREAMS.index(r.stream)):
-        if r.rows:
-            out.shards.extend(r.shards)
-            out.rows_by_split_and_kind[r.stream] = r.rows
-    return out
-
-
 # --- both passes in one process ---------------------------------------------------------
 
 
@@ -485,102 +342,3 @@ def write_shards(
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-class _Cutter:
-    """Writes a stream of rows as shards of whole minibatches (one row group each).
-
-    Row groups are written as soon as a whole minibatch is there, so memory holds less
-    than one minibatch of pending rows besides the table being fed, whatever the shard
-    size. Only the stream's very last minibatch may be short.
-    """
-
-    def __init__(
-        self,
-        storage: Storage,
-        layout_dir: tuple[str, ...],
-        split: str,
-        kind: str,
-        params: ShardParams,
-        rows_per_shard: int,
-    ) -> None:
-        self.storage = storage
-        self.layout_dir = layout_dir
-        self.split = split
-        self.kind = kind
-        self.params = params
-        self.rows_per_shard = rows_per_shard
-        self.pending: pa.Table | None = None  # fewer rows than one minibatch
-        self.rows_total = 0
-        self.written: list[WrittenShard] = []
-        self._file: Any = None
-        self._writer: pq.ParquetWriter | None = None
-        self._shard_rows = 0
-
-    def feed(self, table: pa.Table) -> None:
-        self.rows_total += table.num_rows
-        data = table if self.pending is None else pa.concat_tables([self.pending, table])
-        batch = self.params.batch_size
-        offset = 0
-        while data.num_rows - offset >= batch:
-            room = self.rows_per_shard - self._shard_rows
-            rows = min(room, (data.num_rows - offset) // batch * batch)
-            self._write(data.slice(offset, rows))
-            offset += rows
-        self.pending = data.slice(offset) if offset < data.num_rows else None
-
-    def close(self) -> list[WrittenShard]:
-        if self.pending is not None:
-            self._write(self.pending)  # the stream's last, short minibatch
-            self.pending = None
-        if self._writer is not None:
-            self._finish_shard()
-        return self.written
-
-    def _name(self) -> str:
-        return f"{self.split}-{self.kind}-{len(self.written):05d}.parquet"
-
-    def _write(self, rows: pa.Table) -> None:
-        if self._writer is None:
-            # A plain write: shards are committed by the manifest, not one by one.
-            self._file = self.storage.open_write(*self.layout_dir, "shards", self._name())
-            self._writer = pq.ParquetWriter(
-                self._file, rows.schema, compression=self.params.compression,
-                use_dictionary=False, write_statistics=False,
-            )
-        try:
-            self._writer.write_table(rows, row_group_size=self.params.batch_size)
-        except BaseException:
-            self._close_file()
-            raise
-        self._shard_rows += rows.num_rows
-        if self._shard_rows >= self.rows_per_shard:
-            self._finish_shard()
-
-    def _close_file(self) -> None:
-        writer, f = self._writer, self._file
-        self._writer = self._file = None
-        try:
-            if writer is not None:
-                writer.close()
-        finally:
-            f.close()
-
-    def _finish_shard(self) -> None:
-        self._close_file()
-        rows, self._shard_rows = self._shard_rows, 0
-        rel = f"shards/{self._name()}"
-        batch = self.params.batch_size
-        batches = math.ceil(rows / batch)
-        self.written.append(
-            WrittenShard(
-                path=rel,
-                split=self.split,
-                kind=self.kind,
-                rows=rows,
-                batches=batches,
-                bytes=int(self.storage.fs.size(self.storage.path(*self.layout_dir, rel))),
-                sha256=self.storage.sha256(*self.layout_dir, rel),
-                last_batch_rows=rows - (batches - 1) * batch,
-            )
-        )

@@ -218,11 +218,11 @@ def test_failure_before_publish_keeps_latest(tmp_path, synthetic_days):
 
 
 def test_failure_while_writing_shards_keeps_latest(tmp_path, synthetic_days, monkeypatch):
-    from fae_data import shard
+    from fae_data import cutter
 
     m1, _ = build(tmp_path / "r", synthetic_days, budget="64KiB", batch_size=128)
     calls = {"n": 0}
-    real = shard._Cutter._write
+    real = cutter._Cutter._write
 
     def flaky(self, rows):
         calls["n"] += 1
@@ -230,10 +230,10 @@ def test_failure_while_writing_shards_keeps_latest(tmp_path, synthetic_days, mon
             raise OSError("disk full (injected)")
         return real(self, rows)
 
-    monkeypatch.setattr(shard._Cutter, "_write", flaky)
+    monkeypatch.setattr(cutter._Cutter, "_write", flaky)
     with pytest.raises(OSError, match="injected"):
         run_layout(str(tmp_path / "r"), LayoutParams(budget="32KiB", batch_size=128))
-    monkeypatch.setattr(shard._Cutter, "_write", real)
+    monkeypatch.setattr(cutter._Cutter, "_write", real)
     assert (tmp_path / "r" / "layouts" / "LATEST").read_text().strip() == m1.layout_id
     done = run_layout(str(tmp_path / "r"), LayoutParams(budget="32KiB", batch_size=128))
     assert done.status == "published"

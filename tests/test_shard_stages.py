@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from fae_data import cutter
 from fae_data import manifest as mf
 from fae_data import shard
 from fae_data.errors import InputError, StorageError
@@ -251,16 +252,16 @@ def test_a_crash_between_or_inside_stages_keeps_latest(
         assert stages.encode(root, lid, name)["status"] == "encoded"
 
     # Inside cut: the second write of rows fails; no stream record, so publish refuses.
-    real_write = shard._Cutter._write
+    real_write = cutter._Cutter._write
     calls["n"] = 0
 
-    def flaky_write(self: shard._Cutter, rows: pa.Table) -> None:
+    def flaky_write(self: cutter._Cutter, rows: pa.Table) -> None:
         calls["n"] += 1
         if calls["n"] == 2:
             raise OSError("disk full (injected)")
         real_write(self, rows)
 
-    monkeypatch.setattr(shard._Cutter, "_write", flaky_write)
+    monkeypatch.setattr(cutter._Cutter, "_write", flaky_write)
     with pytest.raises(OSError, match="injected"):
         stages.cut(root, lid, "train/cold")
     monkeypatch.undo()
