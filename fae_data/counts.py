@@ -117,24 +117,49 @@ def column_counts(column: pa.Array | pa.ChunkedArray) -> pl.DataFrame:
         arr = arr.cast(pa.uint32())
     nulls = arr.null_count
     values = np.sort((arr.drop_null() if nulls else arr).to_numpy(zero_copy_only=False))
-    if values.size:
-        first = np.empty(values.size, dtype=bool)
-        first[0] = True
-        np.not_equal(values[1:], values[:-1], out=first[1:])
-        starts = np.flatnonzero(first)
-        counts = np.diff(np.append(starts, values.size)).astype(np.uint64)
-        distinct = values[starts]
-    else:
-        distinct, counts = values.astype(np.uint32), np.zeros(0, dtype=np.uint64)
-    frame = pl.DataFrame({"value": distinct, "count": counts}, schema=_VALUE_COUNT_SCHEMA)
-    if nulls:
-        head = pl.DataFrame({"value": [None], "count": [nulls]}, schema=_VALUE_COUNT_SCHEMA)
-        frame = pl.concat([head, frame])
-    return frame
+    distinct, starts = _runs(values)
+    counts = np.diff(np.append(starts, values.size)).astype(np.uint64)
+    return _frame(distinct, counts, nulls if nulls else None)
+
+
+def _runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of a sorted array and where each one's run starts."""
+    if not sorted_values.size:
+        return sorted_values.astype(np.uint32), np.zeros(0, dtype=np.int64)
+    first = np.empty(sorted_values.size, dtype=bool)
+    first[0] = True
+    np.not_equal(sorted_values[1:], sorted_values[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    return sorted_values[starts], starts
+
+
+def _frame(values: np.ndarray, counts: np.ndarray, nulls: int | None) -> pl.DataFrame:
+    """A ``(value, count)`` frame in partial-file order: the null row (if any) first."""
+    frame = pl.DataFrame({"value": values, "count": counts}, schema=_VALUE_COUNT_SCHEMA)
+    if nulls is None:
+        return frame
+    head = pl.DataFrame({"value": [None], "count": [nulls]}, schema=_VALUE_COUNT_SCHEMA)
+    return pl.concat([head, frame])
 
 
 def _sum(parts: list[pl.DataFrame]) -> pl.DataFrame:
-    return pl.concat(parts).group_by("value").agg(pl.col("count").sum())
+    """The sum per value of several ``(value, count)`` frames, in partial-file order.
+
+    A stable sort of the concatenated values and a sum per run: the output is sorted
+    (no later sort needed) and, unlike a hash group-by, costs no hash table of the
+    vocabulary's size. A null row, even of count 0, survives (it lists the nulls).
+    """
+    both = pl.concat(parts)
+    values = both.get_column("value")
+    null_rows = values.is_null()
+    nulls = int(both.filter(null_rows).get_column("count").sum()) if null_rows.any() else None
+    present = both.filter(~null_rows) if nulls is not None else both
+    vals = present.get_column("value").to_numpy()
+    order = np.argsort(vals, kind="stable")
+    distinct, starts = _runs(vals[order])
+    counts = present.get_column("count").to_numpy()[order]
+    sums = np.add.reduceat(counts, starts) if starts.size else counts[:0]
+    return _frame(distinct, sums.astype(np.uint64), nulls)
 
 
 def merge_tables(partials: Iterable[TableCounts]) -> TableCounts:

@@ -71,6 +71,19 @@ def test_arrow_tables_count_like_polars_frames():
     assert count_values(df.to_arrow(), COLUMNS).equals(count_values(df, COLUMNS))
 
 
+def test_merge_sums_per_value_sorted_and_keeps_a_zero_null_row():
+    from fae_data.counts import merge_tables
+
+    schema = {"value": pl.UInt32, "count": pl.UInt64}
+    a = pl.DataFrame({"value": [None, 3, 9], "count": [0, 2, 1]}, schema=schema)
+    b = pl.DataFrame({"value": [9, 1, 3], "count": [4, 1, 1]}, schema=schema)
+    merged = merge_tables([{"T": a}, {"T": b}, {"U": b}])
+    assert merged["T"].rows() == [(None, 0), (1, 1), (3, 3), (9, 5)]
+    assert merged["U"].equals(b)
+    no_null = merge_tables([{"T": b}, {"T": b}])["T"]
+    assert no_null.rows() == [(1, 2), (3, 2), (9, 8)]
+
+
 def test_to_frame_sorts_unsorted_partials():
     shuffled = pl.DataFrame({"value": [5, None, 2], "count": [1, 2, 3]},
                             schema={"value": pl.UInt32, "count": pl.UInt64})
