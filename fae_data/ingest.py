@@ -420,6 +420,8 @@ def _reason_codes(rejects: pa.Table) -> Counter[str]:
     for reason in rejects.column("reason").to_pylist():
         if reason.startswith("expected ") and "fields" in reason:
             codes["field count"] += 1
+        elif reason.startswith("line of ") and "longer than any record" in reason:
+            codes["line too long"] += 1
         elif "(field " in reason:
             codes[reason.split(" (field ", 1)[0] + ": bad value"] += 1
         else:

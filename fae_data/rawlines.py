@@ -59,6 +59,12 @@ class LineSpans:
         return block[int(self.starts[i]) : int(self.ends[i])]
 
 
+#: The longest line a record may be. Criteo and Taobao records are a few hundred bytes at
+#: most; a longer line is refused as such (and the CSV parser, which works in 1 MiB
+#: chunks, never sees it).
+MAX_LINE_BYTES = 64 << 10
+
+
 def line_spans(block: bytes) -> LineSpans:
     """Find every line of ``block``, vectorised."""
     arr = np.frombuffer(block, dtype=np.uint8)
@@ -103,6 +109,7 @@ def screen_block(block: bytes, delimiter: bytes, num_fields: int) -> ScreenedBlo
     control = np.add.reduceat(ctrl_mask.view(np.uint8), seg, dtype=np.int32)
     control -= spans.has_cr.astype(np.int32)  # the CR of a CRLF ending is fine
     good = (fields == num_fields) & (bad_bytes == 0) & (control == 0)
+    good &= (spans.ends - spans.starts) <= MAX_LINE_BYTES
     if good.all():
         buffer = block
     elif not good.any():
@@ -127,4 +134,7 @@ def screen_reason(
     if screened.control[i]:
         pos = next(j for j, b in enumerate(raw) if b < 0x20 and b != delimiter[0])
         return f"control character 0x{raw[pos]:02x} at column {pos + 1}"
-    return f"expected {num_fields} fields, found {int(screened.fields[i])}"
+    if int(screened.fields[i]) != num_fields:
+        return f"expected {num_fields} fields, found {int(screened.fields[i])}"
+    return (f"line of {len(raw)} bytes, longer than any record ({MAX_LINE_BYTES} bytes "
+            "at most)")

@@ -752,6 +752,27 @@ def test_rerun_unchanged_and_replaced(shared_data: Path, tmp_path: Path) -> None
     assert table.num_rows == 990
 
 
+def test_an_overlong_line_is_refused_not_a_crash(tmp_path: Path) -> None:
+    """A multi-megabyte line (right field count) is quarantined with its own reason; the
+    CSV parser, which works in 1 MiB chunks, never sees it."""
+    from fae_data.rawlines import MAX_LINE_BYTES
+
+    good = b"1\t" + b"\t".join([b"1"] * 13) + b"\t" + b"\t".join([b"0000000a"] * 26) + b"\n"
+    long = (b"1\t" + b"9" * (3 << 20) + b"\t" + b"\t".join([b"1"] * 12) + b"\t"
+            + b"\t".join([b"0000000a"] * 26) + b"\n")
+    src = tmp_path / "day_0.tsv"
+    src.write_bytes(good * 500 + long + good * 500)
+    root = tmp_path / "root"
+    result = ingest(src, root)
+    assert (result.rows_in, result.rows_ok, result.rows_rejected) == (1001, 1000, 1)
+    assert result.reject_reasons == {"line too long": 1}
+    _, _, rejects = load(root)
+    assert rejects.column("line").to_pylist() == [501]
+    assert rejects.column("reason").to_pylist() == [
+        f"line of {len(long) - 1} bytes, longer than any record ({MAX_LINE_BYTES} bytes at most)"]
+    assert rejects.column("raw").to_pylist() == [long[:-1]]
+
+
 def test_unchanged_source_is_held_to_a_stricter_reject_limit(tmp_path: Path) -> None:
     """A partition committed under a loose limit is not passed silently under a strict one."""
     good = b"1\t" + b"\t".join([b"1"] * 13) + b"\t" + b"\t".join([b"0000000a"] * 26) + b"\n"
