@@ -311,13 +311,15 @@ def write_shards(
     spill_dir: str | None = None,
     progress: ProgressFn | None = None,
 ) -> ShardResult:
-    """Run both passes and write every shard under ``layout_dir/shards/``, spilling into
-    a temporary local folder (under ``spill_dir``) that is removed afterwards."""
+    """Run both passes and write every shard under ``layout_dir/shards/``. Pass 1's rows
+    stay in memory when they fit the shuffle memory, else they spill into a temporary
+    local folder (under ``spill_dir``) that is removed afterwards."""
     schema = layout_schema(storage, parts, cols)
-    geometry = shard_geometry(sum(p.rows for p in parts), schema, params)
+    total_rows = sum(p.rows for p in parts)
+    geometry = shard_geometry(total_rows, schema, params)
     tmp = None
     spill: Spill
-    if fits_in_memory(sum(p.rows for p in parts), schema, params):
+    if fits_in_memory(total_rows, schema, params):
         # Keep pass 1's rows in memory instead of writing and re-reading them.
         spill = MemorySpill()
     else:

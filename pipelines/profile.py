@@ -121,9 +121,14 @@ class Vocabs:
     tables: list[str]
     frames: dict[str, pl.DataFrame]
     counts: dict[str, np.ndarray]  # accesses per id (index = id)
+    _encoders: dict[str, Encoder] | None = field(default=None, init=False, repr=False)
 
     def encoders(self) -> dict[str, Encoder]:
-        return {t: Encoder(self.frames[t]) for t in self.tables}
+        """One :class:`Encoder` per table, built once: the plan sample and the shard pass
+        both encode with them, and building one sorts the whole vocabulary."""
+        if self._encoders is None:
+            self._encoders = {t: Encoder(self.frames[t]) for t in self.tables}
+        return self._encoders
 
 
 def run_vocab(
