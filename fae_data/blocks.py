@@ -75,9 +75,15 @@ def _text_types(fmt: RawFormat) -> dict[str, pa.DataType]:
 
 
 def _process_block(
-    block: bytes, first_line: int, source: str, fmt: RawFormat
+    block: bytes, offset: int, source: str, fmt: RawFormat
 ) -> tuple[pa.Table, pa.Table, int]:
-    """Parse, check and type one block. Returns (typed rows, rejects, lines in block)."""
+    """Parse, check and type one block. Returns (typed rows, rejects, lines in block).
+
+    Reject line numbers count from 1 at the block's first line: the caller, which sees
+    the blocks in file order, shifts them. Counting lines ahead of the parse would cost
+    a pass over every block, and the fast path learns the count from the parser.
+    ``offset`` (the block's first byte in the stream) only serves messages.
+    """
     fast = _fast_typed(block, fmt)
     if fast is not None:
         return fast, schema.REJECTS_SCHEMA.empty_table(), fast.num_rows
@@ -94,7 +100,7 @@ def _process_block(
         num_lines = screened.num_lines
         spans = screened.spans
         for i in np.flatnonzero(~screened.good).tolist():
-            lines.append(first_line + i)
+            lines.append(1 + i)
             reasons.append(screen_reason(block, screened, i, fmt.delimiter, fmt.num_fields))
             raws.append(spans.raw(block, i))
         good_idx = np.flatnonzero(screened.good)
@@ -105,8 +111,8 @@ def _process_block(
         )
         if text is not None and text.height != good_idx.size:
             raise InputError(
-                f"{source}: lines {first_line}..{first_line + num_lines - 1}: the CSV "
-                f"parser saw {text.height} records in {good_idx.size} screened lines"
+                f"{source}: block at byte {offset}: the CSV parser saw {text.height} "
+                f"records in {good_idx.size} screened lines"
             )
 
     if text is not None:
@@ -115,7 +121,7 @@ def _process_block(
             spans = spans if spans is not None else line_spans(block)
             for row, reason in faults.iter_rows():
                 i = int(good_idx[row]) if good_idx is not None else row
-                lines.append(first_line + i)
+                lines.append(1 + i)
                 reasons.append(reason)
                 raws.append(spans.raw(block, i))
         typed = typed_df.to_arrow().cast(fmt.schema)
@@ -148,7 +154,7 @@ def _fast_typed(block: bytes, fmt: RawFormat) -> pa.Table | None:
         table = _arrow_parse(block, fmt, parser_types(fmt))
     except pa.ArrowInvalid:
         return None
-    if table.num_rows != count_lines(block):
+    if not _one_record_per_line(block, table):
         return None
     return finish_fast(table, fmt)
 
@@ -165,9 +171,22 @@ def _fast_text(block: bytes, fmt: RawFormat) -> pl.DataFrame | None:
         table = _arrow_parse(block, fmt, _text_types(fmt))
     except pa.ArrowInvalid:
         return None
-    if table.num_rows != count_lines(block):
+    if not _one_record_per_line(block, table):
         return None
     return _as_polars(table)
+
+
+def _one_record_per_line(block: bytes, table: pa.Table) -> bool:
+    """True when Arrow made exactly one record of every line of ``block``.
+
+    With quoting off, Arrow ends a record at LF, CR or CRLF. Without a CR in the block
+    (one memchr pass, far cheaper than counting LFs) records and lines are the same
+    thing: an empty line would have been a record of one field, which the parser
+    refuses. With CRs, the counts are compared.
+    """
+    if b"\r" not in block:
+        return True
+    return table.num_rows == count_lines(block)
 
 
 def _plain_ascii(block: bytes, fmt: RawFormat) -> bool:

@@ -224,14 +224,22 @@ def decode_hex32(column: pa.ChunkedArray | pa.Array) -> pa.Array | None:
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + n + 1]
     lengths = np.diff(offsets)
     present = lengths == schema.CRITEO_HEX_DIGITS
-    if not np.all(present | (lengths == 0)):
+    nulls = n - int(np.count_nonzero(present))
+    if nulls and not np.all(present | (lengths == 0)):
         return None
     data = arr.buffers()[2]
     hex_bytes = data[int(offsets[0]) : int(offsets[-1])] if data is not None else b""
     try:
-        raw = binascii.a2b_hex(memoryview(hex_bytes))
+        raw = np.frombuffer(binascii.a2b_hex(memoryview(hex_bytes)), dtype=">u4")
     except (binascii.Error, ValueError):
         return None
+    if not nulls:
+        return pa.array(raw.astype(np.uint32), type=pa.uint32())
+    # Scatter by index and pack the validity bits directly: a boolean-mask assignment
+    # and pa.array(mask=...) take about twice as long on a 16 MiB block.
     values = np.zeros(n, dtype=np.uint32)
-    values[present] = np.frombuffer(raw, dtype=">u4")
-    return pa.array(values, type=pa.uint32(), mask=~present)
+    values[np.flatnonzero(present)] = raw
+    validity = pa.py_buffer(np.packbits(present, bitorder="little"))
+    return pa.Array.from_buffers(
+        pa.uint32(), n, [validity, pa.py_buffer(values)], null_count=nulls
+    )
