@@ -116,7 +116,11 @@ def column_counts(column: pa.Array | pa.ChunkedArray) -> pl.DataFrame:
     if arr.type != pa.uint32():
         arr = arr.cast(pa.uint32())
     nulls = arr.null_count
-    values = np.sort((arr.drop_null() if nulls else arr).to_numpy(zero_copy_only=False))
+    if nulls:  # Polars drops nulls ~6x faster than Arrow's filter kernel
+        series = pl.Series(values=arr, dtype=pl.UInt32).drop_nulls()
+        values = np.sort(series.to_numpy())
+    else:
+        values = np.sort(arr.to_numpy(zero_copy_only=False))
     distinct, starts = _runs(values)
     counts = np.diff(np.append(starts, values.size)).astype(np.uint64)
     return _frame(distinct, counts, nulls if nulls else None)

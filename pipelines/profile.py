@@ -83,7 +83,8 @@ def run_counts(
             partials = [merge_tables(partials)]
     counted = to_frame(merge_tables(partials))
     with storage.open_atomic(*rel) as f:
-        counted.write_parquet(f)
+        # lz4 without statistics: a partial is read whole by one merge, never filtered
+        counted.write_parquet(f, compression="lz4", statistics=False)
     return "/".join(rel)
 
 
