@@ -150,13 +150,8 @@ def _fast_typed(block: bytes, fmt: RawFormat) -> pa.Table | None:
     # refuses: such blocks go there, so a verdict never depends on the rest of the block.
     if not block.isascii() or any(c in block for c in _ARROW_TRIMS if c != fmt.delimiter):
         return None
-    try:
-        table = _arrow_parse(block, fmt, parser_types(fmt))
-    except pa.ArrowInvalid:
-        return None
-    if not _one_record_per_line(block, table):
-        return None
-    return finish_fast(table, fmt)
+    table = _parse_whole(block, fmt, parser_types(fmt))
+    return finish_fast(table, fmt) if table is not None else None
 
 
 def _fast_text(block: bytes, fmt: RawFormat) -> pl.DataFrame | None:
@@ -167,26 +162,26 @@ def _fast_text(block: bytes, fmt: RawFormat) -> pl.DataFrame | None:
     """
     if not _plain_ascii(block, fmt):
         return None
-    try:
-        table = _arrow_parse(block, fmt, _text_types(fmt))
-    except pa.ArrowInvalid:
-        return None
-    if not _one_record_per_line(block, table):
-        return None
-    return _as_polars(table)
+    table = _parse_whole(block, fmt, _text_types(fmt))
+    return _as_polars(table) if table is not None else None
 
 
-def _one_record_per_line(block: bytes, table: pa.Table) -> bool:
-    """True when Arrow made exactly one record of every line of ``block``.
+def _parse_whole(block: bytes, fmt: RawFormat, types: dict[str, pa.DataType]) -> pa.Table | None:
+    """Arrow's parse of the whole block when it makes exactly one record of every line;
+    None when it refuses the block or splits lines differently.
 
     With quoting off, Arrow ends a record at LF, CR or CRLF. Without a CR in the block
     (one memchr pass, far cheaper than counting LFs) records and lines are the same
     thing: an empty line would have been a record of one field, which the parser
     refuses. With CRs, the counts are compared.
     """
-    if b"\r" not in block:
-        return True
-    return table.num_rows == count_lines(block)
+    try:
+        table = _arrow_parse(block, fmt, types)
+    except pa.ArrowInvalid:
+        return None
+    if b"\r" in block and table.num_rows != count_lines(block):
+        return None
+    return table
 
 
 def _plain_ascii(block: bytes, fmt: RawFormat) -> bool:
