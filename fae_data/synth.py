@@ -15,6 +15,11 @@ The "world" (which raw value a rank maps to, how strongly a value moves the clic
 which category an item belongs to) is fixed per column and does not depend on ``seed``;
 the seed only picks the samples. Files written with different seeds are therefore draws
 from one distribution and can be mixed (for example more training days later).
+
+This module holds the public functions, their argument checks and the chunked, atomic
+file writer that both formats share; each dataset's world and chunk generator live in
+:mod:`fae_data.synth_criteo` and :mod:`fae_data.synth_taobao`, the numerics they share
+in :mod:`fae_data.synth_numerics`.
 """
 
 from __future__ import annotations
@@ -26,25 +31,36 @@ import logging
 import math
 import os
 import uuid
-import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from fae_data.errors import InputError
 from fae_data.schema import (
     CRITEO_DENSE,
-    CRITEO_HEX_DIGITS,
     CRITEO_KAGGLE_CARDINALITIES,
     CRITEO_LABEL,
     CRITEO_SPARSE,
-    TAOBAO_BEHAVIORS,
     TAOBAO_COLUMNS,
+)
+from fae_data.synth_criteo import _criteo_chunk
+from fae_data.synth_taobao import (
+    TAOBAO_NUM_CATEGORIES,
+    TAOBAO_NUM_ITEMS,
+    TAOBAO_NUM_USERS,
+    _taobao_chunk,
+)
+
+# Generator parameters, re-exported for the callers that import them from here.
+from fae_data.synth_criteo import CRITEO_POSITIVE_RATE  # noqa: F401
+from fae_data.synth_taobao import (  # noqa: F401
+    SECONDS_PER_DAY,
+    TAOBAO_BEHAVIOR_PROBS,
+    TAOBAO_START_TIMESTAMP,
 )
 
 logger = logging.getLogger(__name__)
@@ -52,78 +68,12 @@ logger = logging.getLogger(__name__)
 #: Rows generated and written at a time: bounds memory (a Criteo chunk is ~75 MB of text).
 CHUNK_ROWS = 262_144
 
-# --- Criteo generator parameters --------------------------------------------------------
-
-#: Dense columns: (median, lognormal sigma, missing rate), roughly Criteo Kaggle's marginals.
-#: Values are floor(lognormal), so small medians give many zeros and a heavy tail.
-_CRITEO_DENSE_PARAMS: dict[str, tuple[float, float, float]] = {
-    "I1": (1.0, 1.4, 0.45),
-    "I2": (3.0, 2.0, 0.0),
-    "I3": (6.0, 1.5, 0.21),
-    "I4": (4.0, 1.0, 0.22),
-    "I5": (2800.0, 1.8, 0.03),
-    "I6": (30.0, 1.7, 0.22),
-    "I7": (3.0, 1.6, 0.04),
-    "I8": (8.0, 1.0, 0.001),
-    "I9": (40.0, 1.3, 0.04),
-    "I10": (0.6, 0.8, 0.45),
-    "I11": (1.0, 1.2, 0.04),
-    "I12": (0.3, 1.5, 0.77),
-    "I13": (5.0, 1.1, 0.22),
-}
-#: Column whose non-missing values are -1 at this rate, as in the real I2.
-_CRITEO_NEGATIVE_COLUMN = "I2"
-_CRITEO_NEGATIVE_RATE = 0.05
-#: Sparse missing rates (Kaggle-like); columns not listed are never empty.
-_CRITEO_SPARSE_MISSING: dict[str, float] = {
-    "C3": 0.034,
-    "C4": 0.034,
-    "C6": 0.12,
-    "C10": 0.034,
-    "C12": 0.034,
-    "C16": 0.034,
-    "C19": 0.44,
-    "C20": 0.44,
-    "C21": 0.034,
-    "C22": 0.76,
-    "C24": 0.034,
-    "C25": 0.44,
-    "C26": 0.44,
-}
-#: Sparse columns that move the click logit, with the standard deviation of their
-#: per-value effect (logit units). Mid-cardinality columns, so values repeat enough to learn.
-_CRITEO_LABEL_EFFECTS: dict[str, float] = {
-    "C1": 0.6,
-    "C2": 0.6,
-    "C5": 0.5,
-    "C6": 0.5,
-    "C8": 0.5,
-    "C17": 0.4,
-}
-#: Dense columns that move the click logit: logit += weight * log1p(max(x, 0)), null -> 0.
-_CRITEO_DENSE_EFFECTS: dict[str, float] = {"I1": 0.35, "I3": -0.2, "I7": 0.15}
-CRITEO_POSITIVE_RATE = 0.25
-
-# --- Taobao generator parameters --------------------------------------------------------
-
-#: Distinct users, items and categories in Taobao UserBehavior at scale 1.0.
-TAOBAO_NUM_USERS = 987_994
-TAOBAO_NUM_ITEMS = 4_162_024
-TAOBAO_NUM_CATEGORIES = 9_439
-#: Behaviour probabilities, in the order of ``TAOBAO_BEHAVIORS`` (pv, buy, cart, fav).
-TAOBAO_BEHAVIOR_PROBS = (0.89, 0.02, 0.055, 0.035)
-#: 2017-11-25 00:00 +08:00, the first day of the public dataset (unix seconds).
-TAOBAO_START_TIMESTAMP = 1_511_539_200
-SECONDS_PER_DAY = 86_400
-
 _CRITEO_WRITE_OPTIONS = pa_csv.WriteOptions(
     include_header=False, delimiter="\t", quoting_style="none"
 )
 _TAOBAO_WRITE_OPTIONS = pa_csv.WriteOptions(
     include_header=False, delimiter=",", quoting_style="none"
 )
-#: Byte b -> its two lowercase hex characters, as one uint16 whose memory is those chars.
-_HEX_PAIRS = np.frombuffer(b"".join(f"{b:02x}".encode() for b in range(256)), dtype=np.uint16)
 
 
 # --- public API -------------------------------------------------------------------------
@@ -355,175 +305,3 @@ def _atomic_sink(path: Path, gzip: bool) -> Iterator[io.BufferedIOBase]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-# --- shared numerics ---------------------------------------------------------------------
-
-
-def _mix32(x: np.ndarray, salt: int) -> np.ndarray:
-    """A bijection of uint32 (salted add, then lowbias32): distinct in, distinct out."""
-    x = x.astype(np.uint32) + np.uint32(salt & 0xFFFFFFFF)
-    x ^= x >> np.uint32(16)
-    x *= np.uint32(0x7FEB352D)
-    x ^= x >> np.uint32(15)
-    x *= np.uint32(0x846CA68B)
-    x ^= x >> np.uint32(16)
-    return x
-
-
-def _salt(*parts: str) -> int:
-    return zlib.crc32(":".join(parts).encode())
-
-
-def _power_law_ranks(u: np.ndarray, n: int, exponent: float) -> np.ndarray:
-    """Ranks in [0, n) from uniforms ``u``: inverse CDF of x^-exponent on [1, n + 1).
-
-    The continuous Pareto approximation of a truncated Zipf law, floored; rank 0 is the
-    most frequent. expm1/log1p keep it accurate for exponents near 1.
-    """
-    log_top = math.log(n + 1.0)
-    a = 1.0 - exponent
-    if abs(a) < 1e-9:
-        log_x = u * log_top
-    else:
-        log_x = np.log1p(u * math.expm1(a * log_top)) / a
-    ranks = np.exp(log_x).astype(np.int64) - 1
-    np.clip(ranks, 0, n - 1, out=ranks)
-    return ranks
-
-
-def _gaussianish(h: np.ndarray) -> np.ndarray:
-    """Roughly N(0, 1) values from uint32 hashes: the sum of their 4 bytes as uniforms."""
-    s = np.zeros(h.shape)
-    for k in range(4):
-        s += (h >> np.uint32(8 * k)) & np.uint32(0xFF)
-    # Irwin-Hall of 4 uniforms (each (b + 0.5) / 256): mean 2, variance 1/3.
-    return (s / 256.0 + 4 * 0.5 / 256.0 - 2.0) * math.sqrt(3.0)
-
-
-def _validity(mask_valid: np.ndarray) -> tuple[pa.Buffer | None, int]:
-    nulls = int(mask_valid.size - np.count_nonzero(mask_valid))
-    if nulls == 0:
-        return None, 0
-    return pa.py_buffer(np.packbits(mask_valid, bitorder="little")), nulls
-
-
-def _hex_strings(values: np.ndarray, valid: np.ndarray) -> pa.Array:
-    """uint32 values -> Arrow strings of exactly 8 lowercase hex chars (null where invalid)."""
-    n = values.size
-    # Big-endian bytes, each replaced by its two hex chars: an (n, 8) uint8 text matrix.
-    digits = _HEX_PAIRS[values.astype(">u4").view(np.uint8)].view(np.uint8)
-    offsets = np.arange(0, (n + 1) * CRITEO_HEX_DIGITS, CRITEO_HEX_DIGITS, dtype=np.int32)
-    bitmap, nulls = _validity(valid)
-    return pa.StringArray.from_buffers(
-        n, pa.py_buffer(offsets), pa.py_buffer(digits), bitmap, nulls
-    )
-
-
-# --- Criteo -----------------------------------------------------------------------------
-
-
-def _criteo_chunk(
-    rng: np.random.Generator,
-    n: int,
-    cards: tuple[int, ...],
-    zipf: float,
-    empty_fraction: float | None,
-    schema: pa.Schema,
-) -> pa.Table:
-    logit = np.zeros(n)
-    dense = []
-    for name in CRITEO_DENSE:
-        median, sigma, missing = _CRITEO_DENSE_PARAMS[name]
-        rate = missing if empty_fraction is None else empty_fraction
-        x = np.floor(rng.lognormal(math.log(median + 0.5), sigma, n))
-        np.minimum(x, np.iinfo(np.int32).max, out=x)
-        values = x.astype(np.int32)
-        if name == _CRITEO_NEGATIVE_COLUMN:
-            values[rng.random(n) < _CRITEO_NEGATIVE_RATE] = -1
-        valid = rng.random(n) >= rate
-        if name in _CRITEO_DENSE_EFFECTS:
-            logit += _CRITEO_DENSE_EFFECTS[name] * np.where(
-                valid, np.log1p(np.maximum(values, 0)), 0.0
-            )
-        bitmap, nulls = _validity(valid)
-        dense.append(pa.Array.from_buffers(pa.int32(), n, [bitmap, pa.py_buffer(values)], nulls))
-
-    sparse = []
-    for name, card in zip(CRITEO_SPARSE, cards, strict=True):
-        rate = _CRITEO_SPARSE_MISSING.get(name, 0.0) if empty_fraction is None else empty_fraction
-        ranks = _power_law_ranks(rng.random(n), card, zipf)
-        valid = rng.random(n) >= rate
-        if name in _CRITEO_LABEL_EFFECTS:
-            effect = _gaussianish(_mix32(ranks, _salt("criteo-effect", name)))
-            logit += np.where(valid, _CRITEO_LABEL_EFFECTS[name] * effect, 0.0)
-        sparse.append(_hex_strings(_mix32(ranks, _salt("criteo-value", name)), valid))
-
-    p = _sigmoid(logit + _intercept(logit, CRITEO_POSITIVE_RATE))
-    labels = (rng.random(n) < p).astype(np.int8)
-    arrays = [pa.array(labels, pa.int8()), *dense, *sparse]
-    return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    p: np.ndarray = 1.0 / (1.0 + np.exp(-z))
-    return p
-
-
-def _intercept(logit: np.ndarray, target: float) -> float:
-    """The b with mean(sigmoid(logit + b)) == target, by bisection (monotone in b)."""
-    lo, hi = -40.0, 40.0
-    for _ in range(50):
-        mid = 0.5 * (lo + hi)
-        if float(np.mean(_sigmoid(logit + mid))) < target:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
-# --- Taobao -----------------------------------------------------------------------------
-
-
-def _affine_permutation(ranks: np.ndarray, n: int, salt: str) -> np.ndarray:
-    """Ranks in [0, n) -> ids in [1, n], bijectively, so popular ids look scattered."""
-    h = zlib.crc32(salt.encode())
-    a = (h | 1) % n if n > 1 else 1
-    while math.gcd(a, n) != 1:
-        a += 1
-    b = zlib.crc32((salt + ":offset").encode()) % n
-    return ((ranks * a + b) % n + 1).astype(np.uint32)
-
-
-def _taobao_chunk(
-    rng: np.random.Generator,
-    n: int,
-    start: int,
-    rows: int,
-    day: int,
-    users: int,
-    items: int,
-    categories: int,
-    zipf: float,
-    schema: pa.Schema,
-) -> pa.Table:
-    user_rank = _power_law_ranks(rng.random(n), users, zipf)
-    item_rank = _power_law_ranks(rng.random(n), items, zipf)
-    # The item's category comes from a hash of the item alone, so it is a function of it.
-    item_u = (_mix32(item_rank, _salt("taobao-category")).astype(np.float64) + 0.5) / 2.0**32
-    category_rank = _power_law_ranks(item_u, categories, zipf)
-    behavior = np.searchsorted(np.cumsum(TAOBAO_BEHAVIOR_PROBS)[:-1], rng.random(n), side="right")
-    # Stratified times: row i falls in [i, i + 1) / rows of the day, so rows come out
-    # sorted across chunks without a global sort.
-    position = np.arange(start, start + n, dtype=np.float64) + rng.random(n)
-    seconds = np.floor(position * (SECONDS_PER_DAY / rows)).astype(np.int64)
-    np.minimum(seconds, SECONDS_PER_DAY - 1, out=seconds)
-    timestamp = TAOBAO_START_TIMESTAMP + day * SECONDS_PER_DAY + seconds
-    arrays = [
-        pa.array(_affine_permutation(user_rank, users, "taobao-user")),
-        pa.array(_affine_permutation(item_rank, items, "taobao-item")),
-        pa.array(_affine_permutation(category_rank, categories, "taobao-category")),
-        pc.take(pa.array(TAOBAO_BEHAVIORS, pa.string()), pa.array(behavior)),
-        pa.array(timestamp),
-    ]
-    return pa.Table.from_arrays(arrays, schema=schema)
