@@ -1,8 +1,9 @@
 """One block of raw lines -> typed Arrow rows plus its rejects, for :mod:`fae_data.ingest`.
 
 :func:`_process_block` is what an ingest worker runs on one newline-terminated block. It
-lives apart from the reading, threading and writing in :mod:`fae_data.ingest` because it is
-where every line's verdict is decided, along one of two paths:
+lives apart from the reading and threading (:mod:`fae_data.block_reader`) and the writing
+(:mod:`fae_data.ingest`) because it is where every line's verdict is decided, along one of
+two paths:
 
 - the fast path (:func:`_fast_typed`): a clean ASCII block that Arrow's CSV
   parser takes whole, one record per line, and types with no fault: no rejects at all;

@@ -12,27 +12,20 @@ The source is read in blocks that end at a newline, so memory is bounded by the 
 whatever the file size (Criteo Terabyte day files are ~45 GB). For every partition
 ``rows_in == rows_ok + rows_rejected``.
 
-This module holds the parameters, partition names and markers, the reader thread and
-worker pool, the Parquet writers and the reject accounting; parsing and typing one block
-is :mod:`fae_data.blocks`.
+This module holds the parameters, the Parquet writers and the reject accounting.
+Partition names and commit markers are :mod:`fae_data.partition` (re-exported here), the
+reader thread and worker pool :mod:`fae_data.block_reader`, and parsing and typing one
+block :mod:`fae_data.blocks`.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import logging
-import posixpath
 import re
-import threading
 import uuid
-import zlib
 from collections import Counter
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from queue import Full, Queue
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO, Any
 
 import fsspec
@@ -40,26 +33,47 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fae_data import __version__, schema
-from fae_data.blocks import _process_block
+from fae_data import schema
+from fae_data.block_reader import _decompressed, _HashingReader, _processed_blocks
 from fae_data.errors import InputError
-from fae_data.rawlines import read_blocks
+from fae_data.partition import (
+    INGESTED_DIR,
+    PARTITION_FORMAT,
+    PARTITION_MARKER,
+    PartitionResult,
+    _marker,
+    _parser_tag,
+    _remove_unreferenced,
+    _result_from_marker,
+    check_name,
+    partition_dir,
+    partition_name,
+    read_marker,
+)
 from fae_data.schema import RawFormat
 from fae_data.storage import Storage, file_sha256
 
+__all__ = [
+    "COMPRESSIONS",
+    "INGESTED_DIR",
+    "PARTITION_FORMAT",
+    "PARTITION_MARKER",
+    "IngestParams",
+    "PartitionResult",
+    "ProgressFn",
+    "check_name",
+    "ingest_source",
+    "partition_dir",
+    "partition_name",
+    "read_marker",
+]
+
 log = logging.getLogger(__name__)
 
-PARTITION_FORMAT = "fae.partition/v1"
-PARTITION_MARKER = "_partition.json"
-INGESTED_DIR = "ingested"
-_GZIP_MAGIC = b"\x1f\x8b"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$")
 #: A refused first field that looks like a column name ("label", "user_id") marks a header.
 _HEADER_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: When the first block of a file is mostly refused, the file is not of this kind at all.
 _JUNK_FRACTION = 0.5
-#: Blocks being parsed at once (the machine this targets has 2 cores).
-_IN_FLIGHT = 2
 #: Dictionary-encode a column when a sample of its first block has at most this many
 #: distinct values per row (Criteo's small tables, labels, Taobao behaviours).
 _DICTIONARY_MAX_DISTINCT = 0.01
@@ -95,71 +109,6 @@ class IngestParams:
             )
         if self.block_bytes < 1 << 16:
             raise InputError(f"block_bytes ({self.block_bytes}) must be at least 65536")
-
-
-@dataclass(frozen=True)
-class PartitionResult:
-    """What one ingest did to one partition."""
-
-    dataset: str
-    partition: str
-    source: str
-    status: str  # "written" | "replaced" | "unchanged"
-    rows_in: int
-    rows_ok: int
-    rows_rejected: int
-    reject_reasons: dict[str, int] = field(default_factory=dict)
-    sha256: str = ""
-    path: str = ""
-
-
-def partition_name(source: str) -> str:
-    """Default partition name of a source: its file name without .gz/.tsv/.csv/.txt."""
-    name = posixpath.basename(source.rstrip("/"))
-    for suffix in (".gz", ".tsv", ".csv", ".txt"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    return check_name(name, "partition")
-
-
-def check_name(name: str, what: str) -> str:
-    """Refuse names that could escape the storage root or confuse listings."""
-    if not _NAME_RE.match(name):
-        raise InputError(
-            f"{what} name {name!r} is not allowed: use letters, digits and _ . = - "
-            "(starting with a letter or digit)"
-        )
-    return name
-
-
-def partition_dir(dataset: str, partition: str) -> tuple[str, str, str]:
-    return (INGESTED_DIR, dataset, partition)
-
-
-def read_marker(storage: Storage, dataset: str, partition: str) -> dict[str, Any] | None:
-    """The committed ``_partition.json`` of a partition, or None if it has none."""
-    parts = (*partition_dir(dataset, partition), PARTITION_MARKER)
-    if not storage.exists(*parts):
-        return None
-    return dict(storage.read_json(*parts))
-
-
-class _HashingReader:
-    """A read-only stream wrapper that hashes and counts the bytes passing through."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self._raw = raw
-        self.hash = hashlib.sha256()
-        self.count = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
-        self.hash.update(data)
-        self.count += len(data)
-        return data
-
-    def readable(self) -> bool:
-        return True
 
 
 def ingest_source(
@@ -219,15 +168,6 @@ def ingest_source(
     storage.write_json_atomic(marker, *folder, PARTITION_MARKER)
     _remove_unreferenced(storage, folder, marker)
     return _result_from_marker(marker, source, status, storage)
-
-
-def _decompressed(raw: IO[bytes], hashing: _HashingReader) -> IO[bytes]:
-    """The text stream of a source: gzip is recognised by its magic bytes, not its name."""
-    head = raw.read(2)
-    raw.seek(0)
-    if head == _GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=hashing, mode="rb")  # type: ignore[arg-type]
-    return hashing  # type: ignore[return-value]
 
 
 def _write_partition(
@@ -312,64 +252,6 @@ def _write_partition(
     }
 
 
-def _processed_blocks(
-    stream: IO[bytes], source: str, fmt: RawFormat, params: IngestParams
-) -> Iterator[tuple[pa.Table, pa.Table, int]]:
-    """Process blocks on a small thread pool, yielding results in file order.
-
-    A reader thread reads (and, through the hashing wrapper, checksums) the source while
-    the pool parses and types earlier blocks and the caller writes finished ones. Arrow,
-    numpy, hashlib and file I/O release the GIL, so the stages overlap. At most about
-    ``2 * _IN_FLIGHT`` blocks are held at once, which bounds memory whatever the file size.
-    """
-    blocks: Queue[tuple[bytes, int] | BaseException | None] = Queue(maxsize=_IN_FLIGHT)
-    stop = threading.Event()
-
-    def put(item: tuple[bytes, int] | BaseException | None) -> bool:
-        # Every put gives up once the consumer has stopped: a blocking put of the end
-        # marker into a full queue nobody drains would hang the consumer's join forever.
-        while not stop.is_set():
-            try:
-                blocks.put(item, timeout=0.1)
-                return True
-            except Full:
-                continue
-        return False
-
-    def read() -> None:
-        offset = 0
-        try:
-            for block in _blocks(stream, source, params.block_bytes):
-                item = (block, offset)
-                offset += len(block)
-                if not put(item):
-                    return
-            put(None)
-        except BaseException as exc:  # handed to the consuming thread
-            put(exc)
-
-    reader = threading.Thread(target=read, name="fae-ingest-read", daemon=True)
-    reader.start()
-    pending: deque[Future[tuple[pa.Table, pa.Table, int]]] = deque()
-    try:
-        with ThreadPoolExecutor(_IN_FLIGHT, thread_name_prefix="fae-ingest") as pool:
-            try:
-                while (item := blocks.get()) is not None:
-                    if isinstance(item, BaseException):
-                        raise item
-                    pending.append(pool.submit(_process_block, *item, source, fmt))
-                    if len(pending) >= _IN_FLIGHT:
-                        yield pending.popleft().result()
-                while pending:
-                    yield pending.popleft().result()
-            finally:
-                for fut in pending:
-                    fut.cancel()
-    finally:
-        stop.set()
-        reader.join()
-
-
 def _shift_lines(rejects: pa.Table, by: int) -> pa.Table:
     """Block-relative reject line numbers -> file line numbers."""
     i = rejects.schema.get_field_index("line")
@@ -394,16 +276,6 @@ def _dictionary_columns(first: pa.Table) -> list[str]:
         for name in sample.column_names
         if pc.count_distinct(sample.column(name)).as_py() <= limit
     ]
-
-
-def _blocks(stream: IO[bytes], source: str, block_bytes: int) -> Iterator[bytes]:
-    try:
-        yield from read_blocks(stream, block_bytes)
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise InputError(
-            f"{source}: corrupt or truncated gzip stream ({exc}); re-copy the file. "
-            "Nothing was written for this partition."
-        ) from None
 
 
 def _refuse_foreign(source: str, fmt: RawFormat, num_lines: int, rejects: pa.Table) -> None:
@@ -458,50 +330,3 @@ def _check_reject_fraction(
 
 def _top_reasons(reasons: Counter[str], n: int = 3) -> str:
     return ", ".join(f"{code} x{count}" for code, count in reasons.most_common(n))
-
-
-def _parser_tag(params: IngestParams) -> str:
-    return f"{PARTITION_FORMAT}|{params.kind}|{params.compression}"
-
-
-def _marker(written: dict[str, Any], params: IngestParams, sha: str, size: int) -> dict[str, Any]:
-    return {
-        "format": PARTITION_FORMAT,
-        "parser": _parser_tag(params),
-        "producer": {"name": "fae-data", "version": __version__},
-        "kind": params.kind,
-        **{k: v for k, v in written.items() if k != "source"},
-        "source": {"url": written["source"], "sha256": sha, "bytes": size},
-    }
-
-
-def _result_from_marker(
-    marker: dict[str, Any], source: str, status: str, storage: Storage
-) -> PartitionResult:
-    return PartitionResult(
-        dataset=marker["dataset"],
-        partition=marker["partition"],
-        source=source,
-        status=status,
-        rows_in=marker["rows_in"],
-        rows_ok=marker["rows_ok"],
-        rows_rejected=marker["rows_rejected"],
-        reject_reasons=dict(marker["reject_reasons"]),
-        sha256=marker["source"]["sha256"],
-        path=storage.display(*partition_dir(marker["dataset"], marker["partition"])),
-    )
-
-
-def _remove_unreferenced(
-    storage: Storage, folder: tuple[str, ...], marker: dict[str, Any] | None
-) -> None:
-    """Delete files the committed marker does not name: leftovers of killed or replaced runs.
-
-    Only one ingest may run per partition at a time (Airflow maps one task per partition).
-    """
-    keep = {PARTITION_MARKER}
-    if marker is not None:
-        keep |= {marker["data"], marker["rejects"]}
-    for name in storage.listdir(*folder):
-        if name not in keep:
-            storage.remove(*folder, name)

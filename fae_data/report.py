@@ -24,8 +24,8 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from fae_data.errors import FaeError
-from fae_data.ingest import read_marker
 from fae_data.manifest import KINDS, LAYOUTS_DIR, SPLITS, Manifest, load
+from fae_data.partition import read_marker
 from fae_data.plan import ALL_HOT_NOTE
 from fae_data.report_figures import (
     _bytes,

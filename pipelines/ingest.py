@@ -6,13 +6,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from fae_data.errors import InputError
-from fae_data.ingest import (
-    IngestParams,
-    PartitionResult,
-    check_name,
-    ingest_source,
-    partition_name,
-)
+from fae_data.ingest import IngestParams, ingest_source
+from fae_data.partition import PartitionResult, check_name, partition_name
 from fae_data.storage import Storage
 
 SourceProgress = Callable[[str, int, int], None]  # (source, raw bytes read, rows so far)

@@ -18,7 +18,7 @@ import polars as pl
 from fae_data import manifest as mf
 from fae_data import schema
 from fae_data.errors import InputError
-from fae_data.ingest import INGESTED_DIR, partition_dir, read_marker
+from fae_data.partition import INGESTED_DIR, partition_dir, read_marker
 from fae_data.plan import parse_budget
 from fae_data.shard import InputPart, LayoutColumns
 from fae_data.storage import Storage

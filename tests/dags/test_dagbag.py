@@ -17,7 +17,7 @@ import pytest
 DAG_IDS = ("fae_ingest", "fae_layout", "fae_train")
 PARSE_LIMIT_S = 1.0
 HEAVY = ("polars", "pyarrow", "numpy", "matplotlib", "torch", "fae_data.ingest",
-         "pipelines.layout", "pipelines.ingest")
+         "fae_data.partition", "fae_data.block_reader", "pipelines.layout", "pipelines.ingest")
 
 
 def test_no_import_errors_and_one_dag_per_file(dagbag: Any) -> None:

@@ -13,6 +13,7 @@ from fae_data.ingest import IngestParams, check_name
 from fae_data.synth import write_criteo
 from pipelines import tasks
 from pipelines.ingest import run_ingest
+from pipelines.tasks_config import _NAME_PATTERN
 
 DAYS = ("2024-01-01", "2024-01-02", "2024-01-03")
 
@@ -45,7 +46,7 @@ def test_name_pattern_is_the_ingest_rule() -> None:
             ok = True
         except InputError:
             ok = False
-        assert bool(re.match(tasks._NAME_PATTERN, name)) == ok, name
+        assert bool(re.match(_NAME_PATTERN, name)) == ok, name
 
 
 def test_flags_roots_and_asset_uris(tmp_path: Path) -> None:

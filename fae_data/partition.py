@@ -1,0 +1,122 @@
+"""Partition names and commit markers of ingested data.
+
+A partition is a folder ``<root>/ingested/<dataset>/<name>/`` that exists only once its
+``_partition.json`` marker is written; the marker names the data and rejects files it
+commits, the source checksum and the row counts. Ingest writes partitions, and the layout
+stages and the report read them, through the names and helpers here, so they agree on
+where a partition lives and what makes it committed without importing the ingest
+machinery.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fae_data import __version__
+from fae_data.errors import InputError
+from fae_data.storage import Storage
+
+if TYPE_CHECKING:
+    from fae_data.ingest import IngestParams
+
+PARTITION_FORMAT = "fae.partition/v1"
+PARTITION_MARKER = "_partition.json"
+INGESTED_DIR = "ingested"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$")
+
+
+@dataclass(frozen=True)
+class PartitionResult:
+    """What one ingest did to one partition."""
+
+    dataset: str
+    partition: str
+    source: str
+    status: str  # "written" | "replaced" | "unchanged"
+    rows_in: int
+    rows_ok: int
+    rows_rejected: int
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+    sha256: str = ""
+    path: str = ""
+
+
+def partition_name(source: str) -> str:
+    """Default partition name of a source: its file name without .gz/.tsv/.csv/.txt."""
+    name = posixpath.basename(source.rstrip("/"))
+    for suffix in (".gz", ".tsv", ".csv", ".txt"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return check_name(name, "partition")
+
+
+def check_name(name: str, what: str) -> str:
+    """Refuse names that could escape the storage root or confuse listings."""
+    if not _NAME_RE.match(name):
+        raise InputError(
+            f"{what} name {name!r} is not allowed: use letters, digits and _ . = - "
+            "(starting with a letter or digit)"
+        )
+    return name
+
+
+def partition_dir(dataset: str, partition: str) -> tuple[str, str, str]:
+    return (INGESTED_DIR, dataset, partition)
+
+
+def read_marker(storage: Storage, dataset: str, partition: str) -> dict[str, Any] | None:
+    """The committed ``_partition.json`` of a partition, or None if it has none."""
+    parts = (*partition_dir(dataset, partition), PARTITION_MARKER)
+    if not storage.exists(*parts):
+        return None
+    return dict(storage.read_json(*parts))
+
+
+def _parser_tag(params: IngestParams) -> str:
+    return f"{PARTITION_FORMAT}|{params.kind}|{params.compression}"
+
+
+def _marker(written: dict[str, Any], params: IngestParams, sha: str, size: int) -> dict[str, Any]:
+    return {
+        "format": PARTITION_FORMAT,
+        "parser": _parser_tag(params),
+        "producer": {"name": "fae-data", "version": __version__},
+        "kind": params.kind,
+        **{k: v for k, v in written.items() if k != "source"},
+        "source": {"url": written["source"], "sha256": sha, "bytes": size},
+    }
+
+
+def _result_from_marker(
+    marker: dict[str, Any], source: str, status: str, storage: Storage
+) -> PartitionResult:
+    return PartitionResult(
+        dataset=marker["dataset"],
+        partition=marker["partition"],
+        source=source,
+        status=status,
+        rows_in=marker["rows_in"],
+        rows_ok=marker["rows_ok"],
+        rows_rejected=marker["rows_rejected"],
+        reject_reasons=dict(marker["reject_reasons"]),
+        sha256=marker["source"]["sha256"],
+        path=storage.display(*partition_dir(marker["dataset"], marker["partition"])),
+    )
+
+
+def _remove_unreferenced(
+    storage: Storage, folder: tuple[str, ...], marker: dict[str, Any] | None
+) -> None:
+    """Delete files the committed marker does not name: leftovers of killed or replaced runs.
+
+    Only one ingest may run per partition at a time (Airflow maps one task per partition).
+    """
+    keep = {PARTITION_MARKER}
+    if marker is not None:
+        keep |= {marker["data"], marker["rejects"]}
+    for name in storage.listdir(*folder):
+        if name not in keep:
+            storage.remove(*folder, name)

@@ -1,0 +1,116 @@
+"""Adapters of the train DAG: run the trainer as its own process.
+
+Training runs in a child process (``FAE_TRAIN_COMMAND``), not inside the Airflow task,
+so that it can use torchrun, another interpreter or a container, and so that a killed
+task also ends the trainer; this module starts it, streams its output into the task log
+and returns its summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fae_data.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def train_target(root: str, manifest: str | None, events: Sequence[Mapping[str, Any]]) -> str:
+    """What to train on: the ``manifest`` Param, else the newest triggering manifest
+    event, else the root (the trainer then follows ``layouts/LATEST``)."""
+    if manifest:
+        return manifest
+    for extra in reversed(list(events)):
+        if extra.get("manifest"):
+            return str(extra["manifest"])
+    return root
+
+
+def run_training(
+    command: str, *, root: str, manifest: str | None = None,
+    events: Sequence[Mapping[str, Any]] = (), max_steps: int = 1000, timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """Run the trainer as its own process and wait for it.
+
+    ``command`` is a template (``FAE_TRAIN_COMMAND``) with ``{python}``, ``{manifest}``,
+    ``{root}`` and ``{max_steps}``; it is split like a shell line *before* filling in, so
+    paths with spaces stay one argument, and no shell is involved. The child's output is
+    logged line by line; its last JSON line, if any, is the summary returned.
+
+    Raises:
+        RuntimeError: the trainer exited non-zero (the message holds its last lines) or
+            ran past ``timeout_s``.
+    """
+    target = train_target(root, manifest, events)
+    log.info("training on %s (manifest param %r, %d layout event(s))", target, manifest,
+             len(events))
+    values = {"python": sys.executable, "manifest": target, "root": root,
+              "max_steps": str(max_steps)}
+    try:
+        argv = [tok.format(**values) for tok in shlex.split(command)]
+    except (KeyError, IndexError, ValueError) as exc:
+        raise InputError(f"train command {command!r}: {exc!r}; the placeholders are "
+                         "{python}, {manifest}, {root} and {max_steps}") from None
+    log.info("starting trainer: %s", shlex.join(argv))
+    # A session of its own, so that killing it also ends what it started (torchrun ranks).
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    expired = threading.Event()
+
+    def kill() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def expire() -> None:
+        expired.set()
+        kill()
+
+    timer = threading.Timer(timeout_s, expire) if timeout_s else None
+    lines: list[str] = []
+    try:
+        if timer is not None:
+            timer.start()
+        assert proc.stdout is not None  # PIPE was asked for
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            log.info("trainer: %s", line)
+            lines.append(line)
+            del lines[:-200]  # the tail is enough for the error message and the summary
+        code = proc.wait()
+    except BaseException:  # the task is being killed: never leave the trainer running
+        kill()
+        proc.wait()
+        raise
+    finally:
+        if timer is not None:
+            timer.cancel()
+    tail = "\n".join(lines[-20:])
+    if expired.is_set():
+        raise RuntimeError(f"trainer ran past {timeout_s} s and was killed: "
+                           f"{shlex.join(argv)}\n{tail}")
+    if code != 0:
+        raise RuntimeError(f"trainer exited with code {code}: {shlex.join(argv)}\n{tail}")
+    return {"target": target, "exit_code": code, "summary": _last_json(lines)}
+
+
+def _last_json(lines: Sequence[str]) -> Any:
+    """The trainer's ``--json`` summary: the last parseable JSON value printed (it may
+    span several lines), or None."""
+    text = "\n".join(lines)
+    for start in [i for i, ch in enumerate(text) if ch in "{["][::-1][:2000]:
+        try:
+            value = json.loads(text[start:])
+        except json.JSONDecodeError:
+            continue
+        return value
+    return None
