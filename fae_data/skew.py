@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from fae_data.manifest import Manifest, TableRef
 from fae_data.storage import Storage
@@ -64,8 +63,7 @@ def _table_totals(manifest: Manifest) -> dict[str, int] | None:
 
 def _read_counts(store: Storage, t: TableRef) -> np.ndarray:
     """Accesses per id (index = id) with id 0 left at 0."""
-    with store.fs.open(store.path(t.vocab_path), "rb") as f:
-        table = pq.read_table(f, columns=["id", "count"])
+    table = store.read_table(t.vocab_path, columns=["id", "count"])
     ids = table.column("id").to_numpy().astype(np.int64)
     cnt = table.column("count").to_numpy().astype(np.int64)
     counts = np.zeros(t.vocab_size, dtype=np.int64)

@@ -84,10 +84,7 @@ class SpillFolder:
         return SpillWriter(pq.ParquetWriter(f, schema, **_SPILL_OPTIONS), f)
 
     def read(self, name: str) -> pa.Table:
-        if self.storage.is_local:
-            return pq.read_table(self.storage.path(*self.folder, name))
-        with self.storage.fs.open(self.storage.path(*self.folder, name), "rb") as f:
-            return pq.read_table(f)
+        return self.storage.read_table(*self.folder, name)
 
     def chunks(self, name: str, rows: int) -> Iterator[pa.Table]:
         """The rows of one spill file, ``rows`` at a time (bounded memory)."""

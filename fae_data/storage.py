@@ -21,12 +21,15 @@ import os
 import posixpath
 import uuid
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from fae_data.errors import StorageError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _HASH_BLOCK = 8 << 20
 
@@ -70,6 +73,24 @@ class Storage:
             return json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise StorageError(f"{self.display(*parts)}: not valid JSON ({exc})") from None
+
+    def read_table(self, *parts: str, columns: list[str] | None = None) -> pa.Table:
+        """A whole Parquet file (or some of its columns) as an Arrow table.
+
+        Read through ``pq.ParquetFile``, never ``pq.read_table`` on a Python file object:
+        read_table goes through Arrow's dataset scanner, whose I/O threads may drop the
+        last reference to the Python file wrapper after the read has returned. When that
+        happens while the interpreter exits, the thread cannot take the GIL and the
+        process aborts with "terminate called without an active exception" (apache/arrow
+        #34314; seen here as ``fae verify`` exiting with 134 under load).
+        """
+        import pyarrow.parquet as pq
+
+        if self.is_local:
+            with pq.ParquetFile(self.path(*parts)) as pf:
+                return pf.read(columns=columns)
+        with self.fs.open(self.path(*parts), "rb") as f, pq.ParquetFile(f) as pf:
+            return pf.read(columns=columns)
 
     def listdir(self, *parts: str) -> list[str]:
         """Names (not paths) directly under ``parts``; empty if the folder is missing."""

@@ -111,8 +111,7 @@ def _hot_invariant(m: Manifest, store: Storage) -> Check:
     for s in m.shards:
         if not store.exists(s.path):
             continue
-        with store.fs.open(store.path(s.path), "rb") as f:
-            table = pq.read_table(f, columns=[c for c, _ in sparse], pre_buffer=False)
+        table = store.read_table(s.path, columns=[c for c, _ in sparse])
         any_cold = np.zeros(table.num_rows, dtype=bool)
         for col, t in sparse:
             arr = table.column(col).combine_chunks()
