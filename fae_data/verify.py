@@ -10,6 +10,7 @@ the row counts add up to the manifest's statistics.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,14 +28,25 @@ class Check:
     detail: str
 
 
-def verify_layout(manifest: Manifest, store: Storage, deep: bool = True) -> list[Check]:
-    """Run every check; ``deep`` also reads the ids of every shard (the hot invariant)."""
-    checks = [_checksums(manifest, store)]
+#: Called after each shard a long check has read: (check name, shards done, shards).
+ProgressFn = Callable[[str, int, int], None]
+
+
+def verify_layout(
+    manifest: Manifest, store: Storage, deep: bool = True, progress: ProgressFn | None = None
+) -> list[Check]:
+    """Run every check; ``deep`` also reads the ids of every shard (the hot invariant).
+
+    The checksum and hot-invariant checks read every shard once each, which takes a
+    while on a large layout: ``progress`` hears of each shard they finish.
+    """
+    tick = progress or (lambda name, done, total: None)
+    checks = [_checksums(manifest, store, tick)]
     checks.append(_vocabularies(manifest, store))
     checks.append(_batches_and_columns(manifest, store))
     checks.append(_row_totals(manifest))
     if deep:
-        checks.append(_hot_invariant(manifest, store))
+        checks.append(_hot_invariant(manifest, store, tick))
     return checks
 
 
@@ -51,8 +63,12 @@ def shard_problem(manifest: Manifest, store: Storage, shard: ShardRef) -> str | 
     return None
 
 
-def _checksums(m: Manifest, store: Storage) -> Check:
-    problems = [p for s in m.shards if (p := shard_problem(m, store, s))]
+def _checksums(m: Manifest, store: Storage, tick: ProgressFn) -> Check:
+    problems = []
+    for i, s in enumerate(m.shards):
+        if p := shard_problem(m, store, s):
+            problems.append(p)
+        tick("shard checksums", i + 1, len(m.shards))
     return Check("shard checksums", not problems,
                  "; ".join(problems[:5]) or f"{len(m.shards)} shards match")
 
@@ -103,32 +119,43 @@ def _row_totals(m: Manifest) -> Check:
     return Check("row totals", ok, f"shards {dict(totals)} vs stats {stated}")
 
 
-def _hot_invariant(m: Manifest, store: Storage) -> Check:
+def _hot_invariant(m: Manifest, store: Storage, tick: ProgressFn) -> Check:
     sparse = [(c.name, c.table) for c in m.columns if c.role == "sparse"]
     k = {t.name: t.hot_rows for t in m.tables}
     size = {t.name: t.vocab_size for t in m.tables}
-    problems = []
-    for s in m.shards:
-        if not store.exists(s.path):
-            continue
-        table = store.read_table(s.path, columns=[c for c, _ in sparse])
-        any_cold = np.zeros(table.num_rows, dtype=bool)
-        for col, t in sparse:
-            arr = table.column(col).combine_chunks()
-            if pa.types.is_list(arr.type):
-                flat = arr.flatten().to_numpy()
-                offs = np.asarray(arr.offsets)
-                cold_cum = np.concatenate(([0], np.cumsum(flat >= k[t])))
-                row_cold = (cold_cum[offs[1:]] - cold_cum[offs[:-1]]) > 0
-                ids = flat
-            else:
-                ids = arr.to_numpy()
-                row_cold = ids >= k[t]
-            if ids.size and int(ids.max()) >= size[t]:
-                problems.append(f"{s.path}: {col} id {int(ids.max())} >= vocab_size {size[t]}")
-            any_cold |= row_cold
-        if s.kind == "hot" and any_cold.any():
-            problems.append(f"{s.path}: {int(any_cold.sum())} rows with an id >= k_t in a hot shard")
-        if s.kind == "cold" and not any_cold.all():
-            problems.append(f"{s.path}: {int((~any_cold).sum())} all-hot rows in a cold shard")
+    problems: list[str] = []
+    columns = [c for c, _ in sparse]
+    for i, s in enumerate(m.shards):
+        if store.exists(s.path):  # a missing shard is reported by the checksum check
+            problems += _shard_invariant(s, store.read_table(s.path, columns=columns), sparse,
+                                         k, size)
+        tick("hot invariant", i + 1, len(m.shards))
     return Check("hot invariant", not problems, "; ".join(problems[:5]) or "holds for every shard")
+
+
+def _shard_invariant(
+    s: ShardRef, table: pa.Table, sparse: list[tuple[str, str]], k: dict[str, int],
+    size: dict[str, int],
+) -> list[str]:
+    """What breaks the hot invariant (or a vocabulary's bounds) in one shard's ids."""
+    problems = []
+    any_cold = np.zeros(table.num_rows, dtype=bool)
+    for col, t in sparse:
+        arr = table.column(col).combine_chunks()
+        if pa.types.is_list(arr.type):
+            flat = arr.flatten().to_numpy()
+            offs = np.asarray(arr.offsets)
+            cold_cum = np.concatenate(([0], np.cumsum(flat >= k[t])))
+            row_cold = (cold_cum[offs[1:]] - cold_cum[offs[:-1]]) > 0
+            ids = flat
+        else:
+            ids = arr.to_numpy()
+            row_cold = ids >= k[t]
+        if ids.size and int(ids.max()) >= size[t]:
+            problems.append(f"{s.path}: {col} id {int(ids.max())} >= vocab_size {size[t]}")
+        any_cold |= row_cold
+    if s.kind == "hot" and any_cold.any():
+        problems.append(f"{s.path}: {int(any_cold.sum())} rows with an id >= k_t in a hot shard")
+    if s.kind == "cold" and not any_cold.all():
+        problems.append(f"{s.path}: {int((~any_cold).sum())} all-hot rows in a cold shard")
+    return problems

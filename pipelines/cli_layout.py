@@ -206,6 +206,7 @@ def report(
     out_path: Annotated[str | None, typer.Option(
         "--out", help="Where to write the HTML (default: report.html in the layout folder).")] = None,
     as_json: AsJson = False,
+    quiet: Quiet = False,  # accepted like every command's; the report draws no bar
     debug: Debug = False,
 ) -> None:
     """Write a self-contained HTML report of a layout (skew, coverage vs budget, splits)."""
@@ -219,17 +220,26 @@ def verify(
     manifest: Annotated[str, typer.Argument(help="manifest.json, a layout folder or a storage root.")],
     shallow: Annotated[bool, typer.Option(help="Skip reading ids (no hot-invariant check).")] = False,
     as_json: AsJson = False,
+    quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
     """Re-check a layout: checksums, row counts, minibatch alignment, the hot invariant."""
     from fae_data.manifest import load
     from fae_data.verify import verify_layout
 
-    def go() -> Any:
-        m, store = load(manifest)
-        return m, verify_layout(m, store, deep=not shallow)
+    with _progress(not quiet and not as_json) as bar:
+        task = bar.add_task("verify", total=None, rate="") if bar is not None else None
 
-    m, checks = _guarded(debug, go)
+        def on_shard(check: str, done: int, total: int) -> None:
+            if bar is not None and task is not None:
+                bar.update(task, description=check, completed=done, total=total,
+                           rate="shards")
+
+        def go() -> Any:
+            m, store = load(manifest)
+            return m, verify_layout(m, store, deep=not shallow, progress=on_shard)
+
+        m, checks = _guarded(debug, go)
     ok = all(c.ok for c in checks)
     _emit(
         as_json,

@@ -295,6 +295,25 @@ def test_checksum_mismatch_fails_verify(tmp_path, synthetic_days):
     assert m.shards[0].path in checks["shard checksums"].detail
 
 
+def test_verify_reports_progress_per_shard_and_accepts_quiet(tmp_path, synthetic_days):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    m, layout_dir = build(tmp_path / "r", synthetic_days, budget="64KiB", batch_size=128)
+    seen: list[tuple[str, int, int]] = []
+    checks = verify_layout(*mf.load(str(layout_dir)), progress=lambda *a: seen.append(a))
+    assert all(c.ok for c in checks)
+    n = len(m.shards)
+    assert seen == [("shard checksums", i, n) for i in range(1, n + 1)] + [
+        ("hot invariant", i, n) for i in range(1, n + 1)]
+    runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
+    for args in (["verify", str(layout_dir), "--quiet"],
+                 ["report", str(layout_dir), "-q", "--out", str(tmp_path / "r.html")]):
+        done = runner.invoke(app, args)
+        assert done.exit_code == 0, done.output
+
+
 def test_budget_holding_everything(tmp_path, synthetic_days):
     m, _ = build(tmp_path / "r", synthetic_days, budget="1GiB", batch_size=128)
     assert m.stats["all_hot"] is True
