@@ -7,6 +7,8 @@ the same layout parameters with the same help. Registered on the app in
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -15,6 +17,30 @@ from rich.table import Table
 from pipelines.cli_common import AsJson, Debug, Quiet, _emit, _guarded, _progress, out
 
 # --- layout ---------------------------------------------------------------------------
+
+
+@contextmanager
+def _stage_bar(
+    enabled: bool, name: str
+) -> Iterator[tuple[Callable[[str], None], Callable[[str, int], None]]]:
+    """One progress bar over a layout's stages: ``step`` names the stage now running,
+    ``on_rows`` advances it by rows done (the callbacks of ``run_layout``)."""
+    with _progress(enabled) as bar:
+        task = bar.add_task(name, total=None, rate="") if bar is not None else None
+        rows = {"n": 0}
+
+        def step(message: str) -> None:
+            rows["n"] = 0
+            if bar is not None and task is not None:
+                bar.update(task, description=message, completed=0, rate="")
+
+        def on_rows(phase: str, n: int) -> None:
+            rows["n"] += n
+            if bar is not None and task is not None:
+                bar.update(task, advance=n, rate=f"{rows['n']:,} rows")
+
+        yield step, on_rows
+
 
 Root = Annotated[str, typer.Option(help="Storage root (folder or s3:// URL).")]
 
@@ -103,20 +129,7 @@ def layout(
         params = _layout_params(dataset, partition, budget, dim, table_dim, dtype,
                                 optimizer_slots, batch_size, sampling_rate, seed, min_count,
                                 max_rows, val, test, shard_mb, shard_compression)
-        with _progress(not quiet and not as_json) as bar:
-            task = bar.add_task("layout", total=None, rate="") if bar is not None else None
-            rows = {"n": 0}
-
-            def step(message: str) -> None:
-                rows["n"] = 0
-                if bar is not None and task is not None:
-                    bar.update(task, description=message, completed=0, rate="")
-
-            def on_rows(phase: str, n: int) -> None:
-                rows["n"] += n
-                if bar is not None and task is not None:
-                    bar.update(task, advance=n, rate=f"{rows['n']:,} rows")
-
+        with _stage_bar(not quiet and not as_json, "layout") as (step, on_rows):
             return run_layout(root, params, step=step, progress=on_rows, force=force)
 
     result = _guarded(debug, go)
@@ -152,6 +165,7 @@ def plan(
     sweep: Annotated[bool, typer.Option(
         "--sweep", help="Chart coverage and hot-input fraction over a range of budgets.")] = False,
     as_json: AsJson = False,
+    quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
     """Count, rank and plan hot rows for a budget (no shards written).
@@ -165,7 +179,8 @@ def plan(
         params = _layout_params(dataset, partition, budget, dim, table_dim, dtype,
                                 optimizer_slots, 2048, sampling_rate, seed, min_count,
                                 max_rows, val, test, 256)
-        return run_plan_only(root, params, sweep=sweep)
+        with _stage_bar(not quiet and not as_json, "plan") as (step, on_rows):
+            return run_plan_only(root, params, sweep=sweep, step=step, progress=on_rows)
 
     outcome = _guarded(debug, go)
     payload = {"plan": outcome.plan, "predicted_hot_input_fraction":

@@ -311,9 +311,17 @@ def profile_layout(
     return vocabs, run_plan(storage, inputs, vocabs, params, sweep=sweep)
 
 
-def run_plan_only(root: str, params: LayoutParams, sweep: bool = True) -> PlanOutcome:
+def run_plan_only(
+    root: str,
+    params: LayoutParams,
+    sweep: bool = True,
+    step: Step = lambda _m: None,
+    progress: Callable[[str, int], None] | None = None,
+) -> PlanOutcome:
     """counts -> vocab -> plan without writing shards (``fae plan``)."""
     storage = Storage(root)
-    return profile_layout(storage, resolve_inputs(storage, params), params, sweep=sweep)[1]
+    step("resolving partitions")
+    inputs = resolve_inputs(storage, params)
+    return profile_layout(storage, inputs, params, sweep=sweep, step=step, progress=progress)[1]
 
 

@@ -295,7 +295,7 @@ def test_checksum_mismatch_fails_verify(tmp_path, synthetic_days):
     assert m.shards[0].path in checks["shard checksums"].detail
 
 
-def test_verify_reports_progress_per_shard_and_accepts_quiet(tmp_path, synthetic_days):
+def test_verify_reports_progress_per_shard_and_commands_accept_quiet(tmp_path, synthetic_days):
     from typer.testing import CliRunner
 
     from pipelines.cli import app
@@ -309,6 +309,7 @@ def test_verify_reports_progress_per_shard_and_accepts_quiet(tmp_path, synthetic
         ("hot invariant", i, n) for i in range(1, n + 1)]
     runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
     for args in (["verify", str(layout_dir), "--quiet"],
+                 ["plan", "--root", str(tmp_path / "r"), "--budget", "64KiB", "--quiet"],
                  ["report", str(layout_dir), "-q", "--out", str(tmp_path / "r.html")]):
         done = runner.invoke(app, args)
         assert done.exit_code == 0, done.output
