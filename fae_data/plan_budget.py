@@ -1,0 +1,69 @@
+"""Memory sizes for the hot-row planner: budget strings and the GPU bytes of one row.
+
+Unit parsing and row arithmetic, independent of how rows are chosen: the planner's types
+(:mod:`fae_data.plan_types`) and the greedy (:mod:`fae_data.plan_greedy`) build on it, and
+it imports nothing of theirs. :mod:`fae_data.plan` re-exports the public names.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from fractions import Fraction
+
+import numpy as np
+
+from fae_data.errors import BudgetError, FaeError, InputError
+
+_UNITS: dict[str, int] = {
+    "": 1, "b": 1,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}
+_BUDGET_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*$")
+_BUDGET_HELP = (
+    "expected a non-negative number and an optional unit, e.g. '256MiB', '8GB', "
+    "'1.5 GiB', '512kB' or '4096' (bytes); units (case-insensitive): B, kB, MB, GB, TB "
+    "(powers of 1000) and KiB, MiB, GiB, TiB (powers of 1024)"
+)
+
+
+def parse_budget(text: str | int) -> int:
+    """A memory budget in bytes, from ``"256MiB"``, ``"8GB"``, ``"1.5 GiB"``, ``"4096"`` or 4096.
+
+    IEC units (KiB..TiB) are powers of 1024, SI units (kB..TB) powers of 1000, ``B`` or no
+    unit means bytes; units are case-insensitive and may follow a space. A fractional
+    result is rounded down to whole bytes, so the budget is never exceeded.
+
+    Raises:
+        BudgetError: ``text`` is negative, empty or not a number with a known unit.
+    """
+    if isinstance(text, bool) or not isinstance(text, (str, int, np.integer)):
+        raise BudgetError(f"memory budget {text!r}: not a string or integer; {_BUDGET_HELP}")
+    if not isinstance(text, str):
+        if text < 0:
+            raise BudgetError(f"memory budget {text} is negative; {_BUDGET_HELP}")
+        return int(text)
+    match = _BUDGET_RE.match(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise BudgetError(f"cannot read memory budget {text!r}: {_BUDGET_HELP}")
+    return math.floor(Fraction(match.group(1)) * _UNITS[unit])
+
+
+def bytes_per_row(dim: int, dtype_bytes: int, optimizer_slots: int) -> int:
+    """GPU bytes of one embedding row: the weights plus one copy per optimizer slot.
+
+    Raises:
+        InputError: ``dim`` or ``dtype_bytes`` below 1, or ``optimizer_slots`` below 0.
+    """
+    dim = _check_int("dim", dim, 1)
+    dtype_bytes = _check_int("dtype_bytes", dtype_bytes, 1)
+    return dim * dtype_bytes * (1 + _check_int("optimizer_slots", optimizer_slots, 0))
+
+
+def _check_int(name: str, value: object, minimum: int, error: type[FaeError] = InputError) -> int:
+    """``value`` as a Python int (numpy integers accepted), or ``error`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise error(f"{name} ({value!r}) must be an integer >= {minimum}")
+    return int(value)
