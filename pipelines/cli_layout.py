@@ -219,7 +219,7 @@ def _bytes(n: int) -> str:
 def report(
     manifest: Annotated[str, typer.Argument(help="manifest.json, a layout folder or a storage root.")],
     out_path: Annotated[str | None, typer.Option(
-        "--out", help="Where to write the HTML (default: report.html in the layout folder).")] = None,
+        "--out", "-o", help="Where to write the HTML (default: report.html in the layout folder).")] = None,
     as_json: AsJson = False,
     quiet: Quiet = False,  # accepted like every command's; the report draws no bar
     debug: Debug = False,
