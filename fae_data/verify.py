@@ -79,24 +79,45 @@ def _vocabularies(m: Manifest, store: Storage) -> Check:
         if not store.exists(t.vocab_path):
             problems.append(f"{t.vocab_path}: missing")
             continue
-        with store.fs.open(store.path(t.vocab_path), "rb") as f:
-            rows = pq.ParquetFile(f).metadata.num_rows
-        if rows + 1 != t.vocab_size:
-            problems.append(f"{t.name}: {rows} values + id 0 != vocab_size {t.vocab_size}")
+        meta = _metadata(store, t.vocab_path)
+        if isinstance(meta, str):
+            problems.append(meta)
+        elif meta.num_rows + 1 != t.vocab_size:
+            problems.append(f"{t.name}: {meta.num_rows} values + id 0 != vocab_size {t.vocab_size}")
     return Check("vocabularies", not problems, "; ".join(problems[:5]) or f"{len(m.tables)} tables")
+
+
+def _metadata(store: Storage, path: str) -> pq.FileMetaData | str:
+    """The Parquet footer of ``path``, or why it cannot be read (a corrupt or foreign file
+    is a finding of the check, not a crash of the tool)."""
+    try:
+        with store.fs.open(store.path(path), "rb") as f:
+            return pq.ParquetFile(f).metadata
+    except (OSError, pa.ArrowException) as exc:
+        return f"{path}: not a readable Parquet file ({exc})"
+
+
+def _unread(missing: int) -> list[str]:
+    """A check that could not read every shard has not passed: say how many it skipped."""
+    if not missing:
+        return []
+    return [f"{missing} shard{'s' if missing > 1 else ''} missing, not checked (see shard checksums)"]
 
 
 def _batches_and_columns(m: Manifest, store: Storage) -> Check:
     expected = [(c.name, c.type) for c in m.columns]
-    problems = []
+    problems: list[str] = []
+    missing = 0
     for s in m.shards:
         if not store.exists(s.path):
-            continue  # reported by the checksum check
-        with store.fs.open(store.path(s.path), "rb") as f:
-            pf = pq.ParquetFile(f)
-            meta = pf.metadata
-            got = [(fld.name, type_name(fld.type)) for fld in pf.schema_arrow]
-            sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+            missing += 1
+            continue
+        meta = _metadata(store, s.path)
+        if isinstance(meta, str):
+            problems.append(meta)
+            continue
+        got = [(fld.name, type_name(fld.type)) for fld in meta.schema.to_arrow_schema()]
+        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         if got != expected:
             problems.append(f"{s.path}: columns {got[:3]}... differ from the manifest")
         if meta.num_rows != s.rows or len(sizes) != s.batches:
@@ -106,6 +127,7 @@ def _batches_and_columns(m: Manifest, store: Storage) -> Check:
                         or sizes[-1] != s.last_batch_rows):
             problems.append(f"{s.path}: row groups {sorted(set(sizes))} are not minibatches "
                             f"of {m.batch_size}")
+    problems += _unread(missing)
     return Check("minibatch alignment and columns", not problems,
                  "; ".join(problems[:5]) or f"batch size {m.batch_size}")
 
@@ -124,12 +146,20 @@ def _hot_invariant(m: Manifest, store: Storage, tick: ProgressFn) -> Check:
     k = {t.name: t.hot_rows for t in m.tables}
     size = {t.name: t.vocab_size for t in m.tables}
     problems: list[str] = []
+    missing = 0
     columns = [c for c, _ in sparse]
     for i, s in enumerate(m.shards):
-        if store.exists(s.path):  # a missing shard is reported by the checksum check
-            problems += _shard_invariant(s, store.read_table(s.path, columns=columns), sparse,
-                                         k, size)
+        if not store.exists(s.path):
+            missing += 1
+        else:
+            try:
+                table = store.read_table(s.path, columns=columns)
+            except (OSError, pa.ArrowException) as exc:
+                problems.append(f"{s.path}: cannot read its ids ({exc})")
+            else:
+                problems += _shard_invariant(s, table, sparse, k, size)
         tick("hot invariant", i + 1, len(m.shards))
+    problems += _unread(missing)
     return Check("hot invariant", not problems, "; ".join(problems[:5]) or "holds for every shard")
 
 

@@ -295,6 +295,36 @@ def test_checksum_mismatch_fails_verify(tmp_path, synthetic_days):
     assert m.shards[0].path in checks["shard checksums"].detail
 
 
+def test_verify_reports_unreadable_and_missing_files_instead_of_crashing(tmp_path, synthetic_days):
+    """A shard or vocabulary that is not Parquet at all is a failed check with its path,
+    and a check that could not read a missing shard does not pass."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    m, layout_dir = build(tmp_path / "r", synthetic_days, budget="64KiB", batch_size=128)
+    (layout_dir / m.shards[0].path).write_bytes(b"not parquet at all")
+    (layout_dir / m.tables[0].vocab_path).write_bytes(b"junk")
+    (layout_dir / m.shards[1].path).unlink()
+    checks = {c.name: c for c in verify_layout(*mf.load(str(layout_dir)))}
+    for name in ("shard checksums", "vocabularies", "minibatch alignment and columns",
+                 "hot invariant"):
+        assert not checks[name].ok, name
+    assert f"{m.shards[0].path}: not a readable Parquet file" in checks[
+        "minibatch alignment and columns"].detail
+    assert f"{m.tables[0].vocab_path}: not a readable Parquet file" in checks["vocabularies"].detail
+    assert f"{m.shards[0].path}: cannot read its ids" in checks["hot invariant"].detail
+    for name in ("minibatch alignment and columns", "hot invariant"):
+        assert "1 shard missing, not checked" in checks[name].detail
+    assert checks["row totals"].ok  # the manifest alone: still checked
+
+    runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
+    done = runner.invoke(app, ["verify", str(layout_dir), "--quiet"])
+    assert done.exit_code == 1, done.output
+    assert "Traceback" not in done.output
+    assert f"FAIL hot invariant: {m.shards[0].path}: cannot read its ids" in done.output
+
+
 def test_verify_reports_progress_per_shard_and_commands_accept_quiet(tmp_path, synthetic_days):
     from typer.testing import CliRunner
 
