@@ -13,6 +13,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fae_data.errors import StorageError
 from fae_data.storage import Storage
 
 
@@ -28,14 +29,27 @@ def iter_chunks(
     """
     if rows < 1:
         raise ValueError(f"rows ({rows}) must be at least 1")
-    if storage.is_local:
-        yield from _local_chunks(storage.path(path), rows, columns)
-        return
-    with storage.fs.open(storage.path(path), "rb") as f:
-        batches = pq.ParquetFile(f).iter_batches(
-            batch_size=rows, columns=None if columns is None else list(columns)
-        )
-        yield from _recut(batches, rows)
+    try:
+        if storage.is_local:
+            yield from _local_chunks(storage.path(path), rows, columns)
+            return
+        with storage.fs.open(storage.path(path), "rb") as f:
+            batches = pq.ParquetFile(f).iter_batches(
+                batch_size=rows, columns=None if columns is None else list(columns)
+            )
+            yield from _recut(batches, rows)
+    except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as exc:
+        # A missing, truncated or foreign file: name it, no traceback from the reader.
+        # (Polars reports a missing column as ColumnNotFoundError, also a PolarsError.)
+        raise StorageError(
+            f"{storage.display(path)}: cannot read it as Parquet ({_first_line(exc)})"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The reader's own message without its context stack (Polars appends one)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _local_chunks(path: str, rows: int, columns: Sequence[str] | None) -> Iterator[pa.Table]:

@@ -45,6 +45,7 @@ from fae_data.partition import (
     _parser_tag,
     _remove_unreferenced,
     _result_from_marker,
+    partition_damage,
     check_name,
     partition_dir,
     partition_name,
@@ -145,13 +146,17 @@ def ingest_source(
     if old is not None and old.get("parser") == _parser_tag(params):
         digest = file_sha256(fs, src_path)
         if old.get("source", {}).get("sha256") == digest:
-            log.info("%s: unchanged (sha256 %s), partition kept", source, digest[:12])
-            # A run killed after its commit may have left the replaced files behind.
-            _remove_unreferenced(storage, folder, old)
-            _check_reject_fraction(source, int(old["rows_in"]), int(old["rows_rejected"]),
-                                   Counter(old.get("reject_reasons", {})), params,
-                                   "The committed partition was kept as it is.")
-            return _result_from_marker(old, source, "unchanged", storage)
+            damage = partition_damage(storage, folder, old)
+            if damage is None:
+                log.info("%s: unchanged (sha256 %s), partition kept", source, digest[:12])
+                # A run killed after its commit may have left the replaced files behind.
+                _remove_unreferenced(storage, folder, old)
+                _check_reject_fraction(source, int(old["rows_in"]), int(old["rows_rejected"]),
+                                       Counter(old.get("reject_reasons", {})), params,
+                                       "The committed partition was kept as it is.")
+                return _result_from_marker(old, source, "unchanged", storage)
+            log.warning("%s: unchanged, but its committed partition is damaged (%s); "
+                        "ingesting it again", source, damage)
 
     _remove_unreferenced(storage, folder, old)
     try:

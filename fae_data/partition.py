@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fae_data import __version__
-from fae_data.errors import InputError
+from fae_data.errors import InputError, StorageError
 from fae_data.storage import Storage
 
 if TYPE_CHECKING:
@@ -105,6 +105,26 @@ def _result_from_marker(
         sha256=marker["source"]["sha256"],
         path=storage.display(*partition_dir(marker["dataset"], marker["partition"])),
     )
+
+
+def partition_damage(
+    storage: Storage, folder: tuple[str, ...], marker: dict[str, Any]
+) -> str | None:
+    """Why a committed partition's files disagree with its marker (a file missing, not
+    Parquet, or holding another number of rows), or None when they agree.
+
+    Reads only the two Parquet footers: cheap enough to run on every "unchanged" re-ingest,
+    so that rerunning ``fae ingest`` repairs a partition whose files were damaged since.
+    """
+    for name_key, rows_key in (("data", "rows_ok"), ("rejects", "rows_rejected")):
+        try:
+            meta = storage.parquet_metadata(*folder, marker[name_key])
+        except StorageError as exc:
+            return str(exc)
+        if meta.num_rows != int(marker[rows_key]):
+            return (f"{storage.display(*folder, marker[name_key])}: {meta.num_rows} rows, "
+                    f"its marker says {marker[rows_key]}")
+    return None
 
 
 def _remove_unreferenced(

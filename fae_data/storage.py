@@ -92,6 +92,21 @@ class Storage:
         with self.fs.open(self.path(*parts), "rb") as f, pq.ParquetFile(f) as pf:
             return pf.read(columns=columns)
 
+    def parquet_metadata(self, *parts: str) -> Any:
+        """The footer (``pyarrow.parquet.FileMetaData``) of a Parquet file: its row count,
+        row groups and schema, without reading the data. A missing, truncated or foreign
+        file raises a :class:`StorageError` that names it."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            with self.fs.open(self.path(*parts), "rb") as f:
+                return pq.ParquetFile(f).metadata
+        except (OSError, pa.ArrowException) as exc:
+            raise StorageError(
+                f"{self.display(*parts)}: not a readable Parquet file ({exc})"
+            ) from None
+
     def listdir(self, *parts: str) -> list[str]:
         """Names (not paths) directly under ``parts``; empty if the folder is missing."""
         p = self.path(*parts)

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fae_data.errors import StorageError
 from fae_data.manifest import Manifest, ShardRef, type_name
 from fae_data.storage import Storage
 
@@ -91,10 +92,9 @@ def _metadata(store: Storage, path: str) -> pq.FileMetaData | str:
     """The Parquet footer of ``path``, or why it cannot be read (a corrupt or foreign file
     is a finding of the check, not a crash of the tool)."""
     try:
-        with store.fs.open(store.path(path), "rb") as f:
-            return pq.ParquetFile(f).metadata
-    except (OSError, pa.ArrowException) as exc:
-        return f"{path}: not a readable Parquet file ({exc})"
+        return store.parquet_metadata(path)
+    except StorageError as exc:
+        return str(exc)
 
 
 def _unread(missing: int) -> list[str]:

@@ -18,7 +18,7 @@ import polars as pl
 from fae_data import manifest as mf
 from fae_data import schema
 from fae_data.errors import InputError
-from fae_data.partition import INGESTED_DIR, partition_dir, read_marker
+from fae_data.partition import INGESTED_DIR, partition_damage, partition_dir, read_marker
 from fae_data.plan import parse_budget
 from fae_data.shard import InputPart, LayoutColumns
 from fae_data.storage import Storage
@@ -138,6 +138,12 @@ def resolve_inputs(storage: Storage, params: LayoutParams) -> Inputs:
             raise InputError(
                 f"partition {n!r} of dataset {params.dataset!r} is missing or incomplete "
                 f"(no {storage.display(*partition_dir(params.dataset, n), '_partition.json')})"
+            )
+        damage = partition_damage(storage, partition_dir(params.dataset, n), marker)
+        if damage is not None:
+            raise InputError(
+                f"partition {n!r} of dataset {params.dataset!r} is damaged ({damage}); run "
+                f"`fae ingest` on its source ({marker['source']['url']}) again to repair it"
             )
         markers[n] = marker
     kinds = {m["kind"] for m in markers.values()}

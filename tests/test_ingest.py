@@ -800,6 +800,31 @@ def test_rerun_cleans_leftovers_of_a_run_killed_after_commit(shared_data: Path, 
     assert folder_files(root) == files
 
 
+@pytest.mark.parametrize("damage", ["junk data", "no data", "no rejects", "other rows"])
+def test_rerun_repairs_a_damaged_partition(shared_data: Path, tmp_path: Path, damage: str) -> None:
+    """An unchanged source whose committed files were damaged since is ingested again
+    (the footers are checked against the marker), giving what a clean run gives."""
+    src = shared_data / KAGGLE
+    root = tmp_path / "root"
+    ingest(src, root)
+    marker, table, rejects = load(root)
+    data, rej = part_dir(root) / marker["data"], part_dir(root) / marker["rejects"]
+    if damage == "junk data":
+        data.write_bytes(b"not parquet")
+    elif damage == "no data":
+        data.unlink()
+    elif damage == "no rejects":
+        rej.unlink()
+    else:  # a readable file of another length, e.g. copied from elsewhere
+        pq.write_table(table.slice(0, 10), data)
+    again = ingest(src, root)
+    assert again.status == "replaced"
+    new_marker, new_table, new_rejects = load(root)
+    assert new_table.equals(table) and new_rejects.equals(rejects)
+    assert folder_files(root) == sorted([MARKER, new_marker["data"], new_marker["rejects"]])
+    assert ingest(src, root).status == "unchanged"
+
+
 @pytest.fixture(scope="module")
 def big_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("synthetic")

@@ -15,6 +15,7 @@ from fae_data import manifest as mf
 from fae_data.errors import InputError, ManifestError, StorageError
 from fae_data.ingest import IngestParams
 from fae_data.schema import CRITEO_DENSE, CRITEO_SPARSE
+from fae_data.storage import Storage
 from fae_data.synth import write_criteo
 from fae_data.verify import verify_layout
 from pipelines.ingest import run_ingest
@@ -250,6 +251,36 @@ def test_missing_partition_and_no_partitions(tmp_path, synthetic_days):
         run_layout(str(tmp_path / "r"), LayoutParams(partitions=("day_0", "day_9")))
     with pytest.raises(InputError, match="at least 2 partitions"):
         run_layout(str(tmp_path / "r"), LayoutParams(partitions=("day_0",)))
+
+
+def test_damaged_partition_is_refused_before_any_work_and_reingest_repairs_it(
+        tmp_path, synthetic_days):
+    root = tmp_path / "r"
+    run_ingest([str(f) for f in synthetic_days], str(root), IngestParams("criteo"))
+    day1 = root / "ingested" / "criteo" / "day_1"
+    data = next(day1.glob("data-*.parquet"))
+    data.write_bytes(b"not parquet")
+    with pytest.raises(InputError, match=r"partition 'day_1' of dataset 'criteo' is damaged "
+                                         r"\(.*data-.*not a readable Parquet file.*\); run "
+                                         r"`fae ingest` on its source .*day_1.tsv\) again"):
+        run_layout(str(root), LayoutParams(budget="64KiB", batch_size=128))
+    assert not (root / "counts").exists() and not (root / "layouts").exists()
+    results = run_ingest([str(f) for f in synthetic_days], str(root), IngestParams("criteo"))
+    assert [p.status for p in results.partitions] == ["unchanged", "replaced", "unchanged"]
+    assert run_layout(str(root), LayoutParams(budget="64KiB", batch_size=128)).status == "published"
+
+
+def test_a_partition_damaged_during_the_layout_is_named(tmp_path, synthetic_days, monkeypatch):
+    """A file that breaks after the up-front check still fails with its name, not a
+    reader's traceback (iter_chunks wraps Polars' and Arrow's errors)."""
+    from fae_data.chunks import iter_chunks
+
+    root = tmp_path / "r"
+    run_ingest([str(f) for f in synthetic_days], str(root), IngestParams("criteo"))
+    data = next((root / "ingested" / "criteo" / "day_0").glob("data-*.parquet"))
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2] + b"PAR1")
+    with pytest.raises(StorageError, match=rf"{data.name}: cannot read it as Parquet"):
+        list(iter_chunks(Storage(str(root)), str(data.relative_to(root)), 100))
 
 
 def test_corrupt_partial_counts(tmp_path, synthetic_days):
