@@ -26,3 +26,26 @@ class ManifestError(FaeError):
 
 class StorageError(FaeError):
     """Reading or writing the storage root failed."""
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an operating-system error the library did not anticipate (a storage
+    root that is a file, a full disk, a missing permission): the path first, as the
+    library's own messages do, then the system's reason."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is None:
+        return reason
+    target = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+    return f"{exc.filename}{target}: {reason}"
+
+
+def quiet_broken_pipe() -> int:
+    """What a command-line entry point does when its reader went away (``fae ... | head``):
+    no traceback; stdout is pointed at /dev/null so that the interpreter's final flush
+    does not fail again. Returns the exit code, 141 as a shell reports SIGPIPE."""
+    import os
+    import sys
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141

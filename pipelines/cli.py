@@ -35,7 +35,7 @@ app = typer.Typer(
 def main() -> None:
     """Console-script entry point."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    app()
+    app()  # Click itself exits 1 quietly when stdout's reader went away (EPIPE)
 
 
 @app.callback()

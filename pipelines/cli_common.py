@@ -25,7 +25,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from fae_data.errors import FaeError
+from fae_data.errors import FaeError, os_error_message
 
 out = Console()
 err = Console(stderr=True)
@@ -45,6 +45,14 @@ def _guarded(debug: bool, fn: Callable[[], T]) -> T:
         if debug:
             raise
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except BrokenPipeError:
+        raise  # stdout's reader went away: Click exits 1 without a traceback
+    except OSError as exc:  # storage the library did not check: a root that is a file, ...
+        if debug:
+            raise
+        err.print(f"[bold red]error:[/] {escape(os_error_message(exc))}", highlight=False,
+                  soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err.print("[bold red]interrupted[/]: committed results are intact; rerun to finish")

@@ -119,6 +119,36 @@ def test_error_text_is_printed_verbatim(runner: CliRunner, tmp_path: Path) -> No
         _assert_one_error_line(res.stderr, str(missing))
 
 
+def test_a_root_that_is_a_file_is_one_error_line(runner: CliRunner, shared_data: Path,
+                                                 tmp_path: Path) -> None:
+    """An operating-system error nothing checked for (here: the root is a file) is one
+    line naming the path, not a traceback; --debug still shows the exception."""
+    root = tmp_path / "root"
+    root.write_text("a file, not a folder")
+    args = ["ingest", str(shared_data / KAGGLE), "--root", str(root)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1
+    line = _assert_one_error_line(res.stderr, str(root))
+    assert "Not a directory" in line
+    res = runner.invoke(app, [*args, "--debug"])
+    assert isinstance(res.exception, NotADirectoryError)
+
+
+def test_a_closed_stdout_is_no_traceback(tmp_path: Path) -> None:
+    """`fae ... | head` where head has already exited: no traceback (Click exits 1)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-c", "from pipelines.cli import main; main()", "synth", "criteo",
+           "--rows", "10", "--days", "1", "--out", str(tmp_path), "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # long before the child writes its summary
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+
+
 def test_ingest_debug_shows_the_exception(runner: CliRunner, tmp_path: Path) -> None:
     from fae_data.errors import InputError
 

@@ -19,7 +19,7 @@ import logging
 import sys
 from typing import Any
 
-from fae_data.errors import FaeError
+from fae_data.errors import FaeError, os_error_message, quiet_broken_pipe
 from trainer import distributed as dp
 from trainer.embedding import SPARSE_OPTIMIZERS
 from trainer.model import LIST_POOLINGS
@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--list-pooling", choices=LIST_POOLINGS, default=d.list_pooling,
                     help="pooling of list columns (histories)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
-    ap.add_argument("--quiet", action="store_true", help="only warnings and the summary")
+    ap.add_argument("--quiet", "-q", action="store_true", help="only warnings and the summary")
     ap.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return ap.parse_args(argv)
 
@@ -130,8 +130,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # e.g. a checkpoint folder that cannot be written
+        if args.debug:
+            raise
+        print(f"error: {os_error_message(exc)}", file=sys.stderr)
+        return 1
     if ctx is None or ctx.is_main:
-        print(json.dumps(summary, indent=2) if args.json else _human(summary))
+        try:
+            print(json.dumps(summary, indent=2) if args.json else _human(summary), flush=True)
+        except BrokenPipeError:  # the reader of stdout went away (`fae-train ... | head`)
+            return quiet_broken_pipe()
     return 0
 
 

@@ -80,6 +80,31 @@ def test_bad_layout_refused_before_training(case: str, layout_copy, capsys) -> N
     assert issubclass(error, FaeError)
 
 
+def test_unwritable_checkpoint_folder_is_one_error_line(layout_copy, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    manifest = layout_copy()
+    assert main([str(manifest), "--max-steps", "1", "--checkpoint", str(blocker / "ck"),
+                 "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {blocker / 'ck'}: Not a directory"]
+
+
+def test_a_closed_stdout_is_no_traceback(layout_copy) -> None:  # type: ignore[no-untyped-def]
+    """`fae-train ... | head` where head has already exited: exit 141, no traceback."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "trainer.cli", str(layout_copy()), "--max-steps", "1",
+           "--eval-batches", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # long before the summary is printed
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141, stderr
+    assert "Traceback" not in stderr
+
+
 def test_out_of_range_id_in_a_hot_shard(layout_copy) -> None:  # type: ignore[no-untyped-def]
     import pyarrow as pa
     import pyarrow.compute as pc
