@@ -89,7 +89,7 @@ MaxRowsOpt = Annotated[int | None, typer.Option(
     help="Cap every vocabulary at this many rows (id 0 included).")]
 ValOpt = Annotated[list[str] | None, typer.Option(help="Validation partitions.")]
 TestOpt = Annotated[list[str] | None, typer.Option(help="Test partitions.")]
-ShardOpt = Annotated[int, typer.Option(help="Target shard size in MiB.")]
+ShardOpt = Annotated[int, typer.Option(min=1, help="Target shard size in MiB.")]
 ShardCodecOpt = Annotated[str, typer.Option(
     help="Parquet codec of the shards: lz4, none (about 2x faster to write, 1.3x larger), "
          "zstd or snappy.")]
