@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from fae_data.shard_types import (
     _CHUNK_ROWS,
     KIND_CODES,
+    SHARD_DIR,
     SPLIT_CODES,
     STREAMS,
     ProgressFn,
@@ -61,19 +62,23 @@ def cut_stream(
     geometry: ShardGeometry,
     params: ShardParams,
     progress: ProgressFn | None = None,
+    shard_dir: str = SHARD_DIR,
 ) -> StreamResult:
     """Pass 2 for one stream: training rows bucket by bucket, each bucket's files of every
     partition in partition order (the rows a single spill file of the bucket would hold)
     permuted with a generator keyed by (seed, split, kind, bucket); validation and test
     rows in order, a chunk at a time. A cutter writes them to
-    ``layout_dir/shards/<split>-<kind>-<n>.parquet``.
+    ``layout_dir/<shard_dir>/<split>-<kind>-<n>.parquet``.
 
     ``spilled`` must hold the index of every input partition. Shard names are fixed, so
-    a rerun overwrites what a crashed run left.
+    a rerun overwrites what a crashed run left. A rebuild of a published layout passes
+    its own ``shard_dir``, so that the published shards stay readable until its manifest
+    replaces theirs.
     """
     split, kind = check_stream(stream)
     parts = sorted(spilled, key=lambda s: s.part_index)
-    cutter = _Cutter(storage, layout_dir, split, kind, params, geometry.rows_per_shard)
+    cutter = _Cutter(storage, layout_dir, split, kind, params, geometry.rows_per_shard,
+                     shard_dir)
     feed = _feed_shuffled if split == "train" else _feed_in_order
     for rows in feed(spill, parts, stream, params):
         cutter.feed(rows)
@@ -138,9 +143,11 @@ class _Cutter:
         kind: str,
         params: ShardParams,
         rows_per_shard: int,
+        shard_dir: str = SHARD_DIR,
     ) -> None:
         self.storage = storage
         self.layout_dir = layout_dir
+        self.shard_dir = shard_dir
         self.split = split
         self.kind = kind
         self.params = params
@@ -183,11 +190,12 @@ class _Cutter:
             if self.storage.is_local:
                 # A native path: Arrow writes without calling back into a Python file
                 # object for every page (and without taking the GIL for it).
-                self.storage.makedirs(*self.layout_dir, "shards")
-                where = self.storage.path(*self.layout_dir, "shards", self._name())
+                self.storage.makedirs(*self.layout_dir, self.shard_dir)
+                where = self.storage.path(*self.layout_dir, self.shard_dir, self._name())
                 self._writer = pq.ParquetWriter(where, rows.schema, **options)
             else:
-                self._file = self.storage.open_write(*self.layout_dir, "shards", self._name())
+                self._file = self.storage.open_write(*self.layout_dir, self.shard_dir,
+                                                     self._name())
                 self._writer = pq.ParquetWriter(self._file, rows.schema, **options)
         try:
             self._writer.write_table(rows, row_group_size=self.params.batch_size)
@@ -211,7 +219,7 @@ class _Cutter:
     def _finish_shard(self) -> None:
         self._close_file()
         rows, self._shard_rows = self._shard_rows, 0
-        rel = f"shards/{self._name()}"
+        rel = f"{self.shard_dir}/{self._name()}"
         batch = self.params.batch_size
         batches = math.ceil(rows / batch)
         self.written.append(

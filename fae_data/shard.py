@@ -42,6 +42,7 @@ from fae_data.errors import InputError, StorageError
 from fae_data.schema import TAOBAO_HISTORY_LENGTH
 from fae_data.shard_types import (
     _CHUNK_ROWS,
+    SHARD_DIR,
     STREAMS,
     ProgressFn,
     ShardGeometry,
@@ -310,8 +311,9 @@ def write_shards(
     params: ShardParams,
     spill_dir: str | None = None,
     progress: ProgressFn | None = None,
+    shard_dir: str = SHARD_DIR,
 ) -> ShardResult:
-    """Run both passes and write every shard under ``layout_dir/shards/``. Pass 1's rows
+    """Run both passes and write every shard under ``layout_dir/<shard_dir>/``. Pass 1's rows
     stay in memory when they fit the shuffle memory, else they spill into a temporary
     local folder (under ``spill_dir``) that is removed afterwards."""
     schema = layout_schema(storage, parts, cols)
@@ -334,7 +336,7 @@ def write_shards(
 
         def cut(stream: str) -> StreamResult:
             return cut_stream(storage, layout_dir, spill, spilled, stream, geometry, params,
-                              progress)
+                              progress, shard_dir)
 
         # The (split, kind) streams are independent; two at a time overlap one stream's
         # Parquet encoding with another's reading and permuting (Arrow releases the GIL).

@@ -19,6 +19,8 @@ KIND_CODES = {"hot": 0, "cold": 1, "all": 2}
 #: Every (split, kind) stream, in the order their shards are listed in a manifest.
 STREAMS = ("train/hot", "train/cold", "val/all", "test/all")
 _CHUNK_ROWS = 262_144
+#: The folder (inside the layout folder) that a layout's first build writes its shards to.
+SHARD_DIR = "shards"
 
 
 @dataclass(frozen=True)

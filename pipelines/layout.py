@@ -49,6 +49,7 @@ from pipelines.profile import (  # noqa: F401
     run_vocab,
     table_specs,
 )
+from pipelines.publish import VOCAB_DIR, build_dirs, check_files, layout_lock, prune_layout
 
 log = logging.getLogger(__name__)
 
@@ -136,36 +137,40 @@ def run_layout(
     inputs = resolve_inputs(storage, params)
     lid = compute_layout_id(inputs, params)
     folder = mf.layout_folder(lid)
-    done = existing_layout(storage, lid)
-    if done is not None and not force:
-        return LayoutResult(lid, "unchanged", storage.display(*folder, mf.MANIFEST), done)
+    with layout_lock(storage, lid):
+        done = existing_layout(storage, lid)
+        if done is not None and not force:
+            return LayoutResult(lid, "unchanged", storage.display(*folder, mf.MANIFEST), done)
 
-    vocabs, planned = profile_layout(storage, inputs, params, step=step, progress=progress)
-    hot_rows = planned.plan["hot_rows"]
-    step("writing shards")
-    storage.remove(*folder, recursive=True)  # leftovers of an interrupted run
-    written = write_shards(storage, folder, inputs.parts, inputs.columns, vocabs.encoders(),
-                           hot_rows, shard_params(params), spill_dir=spill_dir,
-                           progress=progress)
-    tables = write_vocabs(storage, folder, vocabs, hot_rows, params)
-    if fail_after_shards:  # test hook: a crash between shards and publish
-        raise StorageError("injected failure after writing shards")
+        vocabs, planned = profile_layout(storage, inputs, params, step=step, progress=progress)
+        hot_rows = planned.plan["hot_rows"]
+        step("writing shards")
+        if done is None:
+            storage.remove(*folder, recursive=True)  # leftovers of an unpublished run
+        shard_dir, vocab_dir = build_dirs(published=done is not None)
+        written = write_shards(storage, folder, inputs.parts, inputs.columns,
+                               vocabs.encoders(), hot_rows, shard_params(params),
+                               spill_dir=spill_dir, progress=progress, shard_dir=shard_dir)
+        tables = write_vocabs(storage, folder, vocabs, hot_rows, params, vocab_dir)
+        if fail_after_shards:  # test hook: a crash between shards and publish
+            raise StorageError("injected failure after writing shards")
 
-    step("publishing")
-    manifest = build_manifest(lid, inputs, params, tables, written, planned)
-    return LayoutResult(lid, "published", commit_layout(storage, manifest, planned), manifest)
+        step("publishing")
+        manifest = build_manifest(lid, inputs, params, tables, written, planned)
+        path = commit_layout(storage, manifest, planned)
+    return LayoutResult(lid, "published", path, manifest)
 
 
 def write_vocabs(
     storage: Storage, folder: tuple[str, str], vocabs: Vocabs, hot_rows: Mapping[str, int],
-    params: LayoutParams,
+    params: LayoutParams, vocab_dir: str = VOCAB_DIR,
 ) -> list[mf.TableRef]:
-    """Write ``vocab/<table>.parquet`` (value, count, id) into the layout folder; returns
-    the manifest's table entries."""
+    """Write ``<vocab_dir>/<table>.parquet`` (value, count, id) into the layout folder;
+    returns the manifest's table entries."""
     refs = []
     for t in vocabs.tables:
-        rel = f"vocab/{t}.parquet"
-        with storage.open_atomic(*folder, "vocab", f"{t}.parquet") as f:
+        rel = f"{vocab_dir}/{t}.parquet"
+        with storage.open_atomic(*folder, vocab_dir, f"{t}.parquet") as f:
             vocabs.frames[t].write_parquet(f)
         refs.append(mf.TableRef(t, vocabs.frames[t].height + 1, int(hot_rows[t]),
                                 params.dim_of(t), rel, int(vocabs.counts[t].sum())))
@@ -210,14 +215,18 @@ def build_manifest(
 
 def commit_layout(storage: Storage, manifest: mf.Manifest, planned: PlanOutcome) -> str:
     """Publish a layout whose files are all written: ``plan.json`` (the budget sweep),
-    then ``manifest.json`` (the commit marker), then ``LATEST``. Returns the manifest's
-    path. A crash before the manifest leaves the layout invisible and LATEST as it was."""
+    then ``manifest.json`` (the commit marker), then ``LATEST``; then remove the shard and
+    vocabulary folders the manifest does not name (see :mod:`pipelines.publish`).
+    Returns the manifest's path. A crash before the manifest leaves the layout as it was
+    (unpublished, or the published one still readable) and LATEST as it was."""
+    check_files(storage, manifest)
     storage.write_json_atomic(
         {"sweep": planned.sweep, "knee_budget_bytes": planned.knee_budget_bytes},
         *mf.layout_folder(manifest.layout_id), "plan.json",
     )
     path = mf.write_manifest(storage, manifest)
     mf.set_latest(storage, manifest.layout_id)
+    prune_layout(storage, manifest)
     return path
 
 

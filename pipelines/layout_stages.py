@@ -18,7 +18,10 @@ record and not done again; a crashed one leaves no index or record and its rerun
 overwrites the files it left (their names are fixed). Only publish touches
 ``manifest.json`` and ``LATEST``, so a crash anywhere before it leaves the previous
 layouts readable and LATEST where it was. Publish removes ``_build``. The staging folder
-lives under the storage root, so on ``s3://`` the workers need no shared disk.
+lives under the storage root, so on ``s3://`` the workers need no shared disk. A forced
+rebuild of a published layout writes ``vocab-<tag>/`` and ``shards-<tag>/`` instead
+(recorded in plan.json), so the published files stay readable until publish replaces
+the manifest (see :mod:`pipelines.publish`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from fae_data.shard import (
     spill_partition,
     streams_of,
 )
+from fae_data.shard_types import SHARD_DIR
 from fae_data.spill import SpilledPart, SpillFolder
 from fae_data.storage import Storage
 from fae_data.vocab import Encoder
@@ -61,6 +65,7 @@ from pipelines.layout import (
     shard_params,
     write_vocabs,
 )
+from pipelines.publish import build_dirs
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +88,7 @@ class BuildPlan:
     tables: tuple[mf.TableRef, ...]  # vocabulary sizes, hot rows and accesses per table
     planned: PlanOutcome
     geometry: ShardGeometry  # buckets and rows per shard, the same for every task
+    shard_dir: str = SHARD_DIR  # shards-<tag> when rebuilding a published layout
 
     @property
     def hot_rows(self) -> dict[str, int]:
@@ -111,6 +117,7 @@ class BuildPlan:
             "tables": [asdict(t) for t in self.tables],
             "planned": asdict(self.planned),
             "geometry": asdict(self.geometry),
+            "shard_dir": self.shard_dir,
         }
 
     @classmethod
@@ -125,7 +132,7 @@ class BuildPlan:
         return cls(
             raw["layout_id"], LayoutParams(**_tuples(raw["params"])), inputs,
             tuple(mf.TableRef(**t) for t in raw["tables"]), PlanOutcome(**raw["planned"]),
-            ShardGeometry(**raw["geometry"]),
+            ShardGeometry(**raw["geometry"]), raw.get("shard_dir", SHARD_DIR),
         )
 
 
@@ -167,13 +174,19 @@ def prepare(
         return {"layout_id": lid, "status": "unchanged", "partitions": [], "streams": []}
     build = None if force else _read_plan(storage, lid)
     if build is None:
-        storage.remove(*folder, recursive=True)  # an interrupted build, or the forced rebuild
+        published = storage.exists(*folder, mf.MANIFEST)
+        if published:  # the forced rebuild: the published files stay until publish
+            storage.remove(*build_folder(lid), recursive=True)
+        else:  # an interrupted build of a layout never published
+            storage.remove(*folder, recursive=True)
+        shard_dir, vocab_dir = build_dirs(published)
         vocabs, planned = profile_layout(storage, inputs, params)
-        tables = write_vocabs(storage, folder, vocabs, planned.plan["hot_rows"], params)
+        tables = write_vocabs(storage, folder, vocabs, planned.plan["hot_rows"], params,
+                              vocab_dir)
         geometry = shard_geometry(sum(p.rows for p in inputs.parts),
                                   layout_schema(storage, inputs.parts, inputs.columns),
                                   shard_params(params))
-        build = BuildPlan(lid, params, inputs, tuple(tables), planned, geometry)
+        build = BuildPlan(lid, params, inputs, tuple(tables), planned, geometry, shard_dir)
         storage.write_json_atomic(build.to_dict(), *build_folder(lid), PLAN_FILE)
     return {"layout_id": lid, "status": "planned",
             "partitions": [p.name for p in build.inputs.parts], "streams": build.streams,
@@ -227,7 +240,8 @@ def cut(root: str, lid: str, stream: str) -> dict[str, Any]:
         spill = _spill_folder(storage, lid)
         spilled = [_spilled(spill, i, p) for i, p in enumerate(build.inputs.parts)]
         result = cut_stream(storage, mf.layout_folder(lid), spill, spilled, stream,
-                            build.geometry, shard_params(build.params))
+                            build.geometry, shard_params(build.params),
+                            shard_dir=build.shard_dir)
         storage.write_json_atomic(result.to_dict(), *record)
         status = "cut"
     log.info("layout %s: stream %s, %d rows in %d shards, %s", lid, stream, result.rows,

@@ -47,7 +47,6 @@ from pipelines.inputs import (
 )
 
 COUNTS_DIR = "counts"
-VOCAB_DIR = "vocab"
 #: Rows sampled to predict the hot-input fraction of a budget: its standard error is at
 #: most 0.5/sqrt(n), 0.22 percentage points here, well below what a budget choice needs.
 _PLAN_SAMPLE_ROWS = 50_000

@@ -240,6 +240,80 @@ def test_failure_while_writing_shards_keeps_latest(tmp_path, synthetic_days, mon
     assert done.status == "published"
 
 
+@pytest.mark.parametrize("where", ["shards", "before publish"])
+def test_a_failed_forced_rebuild_leaves_the_published_layout_readable(
+        tmp_path, synthetic_days, monkeypatch, where):
+    """--force rebuilds the layout LATEST points to: until its manifest replaces the old
+    one, the old manifest and every file it names stay in place."""
+    from fae_data import cutter
+
+    root = tmp_path / "r"
+    params = LayoutParams(budget="64KiB", batch_size=128)
+    m1, layout_dir = build(root, synthetic_days, budget="64KiB", batch_size=128)
+    before = {p: p.read_bytes() for p in layout_dir.rglob("*") if p.is_file()}
+    if where == "shards":
+        def broken(self, rows):
+            raise OSError("disk full (injected)")
+
+        monkeypatch.setattr(cutter._Cutter, "_write", broken)
+        with pytest.raises(OSError, match="injected"):
+            run_layout(str(root), params, force=True)
+        monkeypatch.undo()
+    else:
+        with pytest.raises(StorageError, match="injected"):
+            run_layout(str(root), params, force=True, fail_after_shards=True)
+    assert (root / "layouts" / "LATEST").read_text().strip() == m1.layout_id
+    assert all((p.read_bytes() == b) for p, b in before.items()), "published files untouched"
+    assert all(c.ok for c in verify_layout(*mf.load(str(root))))
+    assert run_layout(str(root), params).status == "unchanged"  # still the published one
+
+    done = run_layout(str(root), params, force=True)
+    assert done.status == "published" and done.layout_id == m1.layout_id
+    assert all(c.ok for c in verify_layout(*mf.load(str(root))))
+    # the rebuild's files are the first build's bytes, in folders of their own; the old
+    # folders and the crashed rebuild's are gone
+    assert [s.sha256 for s in done.manifest.shards] == [s.sha256 for s in m1.shards]
+    shard_dir = done.manifest.shards[0].path.split("/")[0]
+    vocab_dir = done.manifest.tables[0].vocab_path.split("/")[0]
+    assert shard_dir.startswith("shards-") and vocab_dir.startswith("vocab-")
+    assert sorted(p.name for p in layout_dir.iterdir()) == sorted(
+        ["manifest.json", "plan.json", shard_dir, vocab_dir])
+
+
+def test_a_second_build_of_the_same_layout_waits_for_the_first(tmp_path, synthetic_days):
+    """Two `fae layout` runs of one layout on a local root: the second waits on the build
+    lock, then finds the layout published instead of removing the first one's files."""
+    import threading
+
+    from pipelines.publish import layout_lock
+
+    root = tmp_path / "r"
+    run_ingest([str(f) for f in synthetic_days], str(root), IngestParams("criteo"))
+    params = LayoutParams(budget="64KiB", batch_size=128)
+    first = run_layout(str(root), params)
+    results = []
+    with layout_lock(Storage(str(root)), first.layout_id):  # "another run" holds it
+        worker = threading.Thread(
+            target=lambda: results.append(run_layout(str(root), params, force=True)))
+        worker.start()
+        worker.join(timeout=0.5)
+        assert worker.is_alive() and not results, "the second build waits for the lock"
+    worker.join(timeout=120)
+    assert [r.status for r in results] == ["published"]
+    assert all(c.ok for c in verify_layout(*mf.load(str(root))))
+
+
+def test_a_manifest_naming_a_missing_file_is_not_published(tmp_path, synthetic_days):
+    from pipelines.publish import check_files
+
+    m, layout_dir = build(tmp_path / "r", synthetic_days, budget="64KiB", batch_size=128)
+    check_files(Storage(str(tmp_path / "r")), m)  # complete: no error
+    (layout_dir / m.shards[-1].path).unlink()
+    with pytest.raises(StorageError, match=r"1 file\(s\) of this build are gone .*Nothing was "
+                                           r"published; run again"):
+        check_files(Storage(str(tmp_path / "r")), m)
+
+
 # --- bad input -----------------------------------------------------------------------------
 
 

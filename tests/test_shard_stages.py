@@ -5,6 +5,7 @@ crash between or inside stages leaves LATEST and the published layouts alone."""
 from __future__ import annotations
 
 import random
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -60,10 +61,11 @@ def root(ingested: Path, tmp_path: Path) -> str:
     return str(dst)
 
 
-def staged(root: str, params: LayoutParams, order: int = 0) -> mf.Manifest:
+def staged(root: str, params: LayoutParams, order: int = 0, force: bool = False) -> mf.Manifest:
     """Every stage called directly, partitions and streams in a shuffled order."""
     rng = random.Random(order)
-    prepared = stages.prepare(root, params)
+    prepared = stages.prepare(root, params, force=force)
+    assert prepared["status"] == "planned"
     lid = prepared["layout_id"]
     for name in rng.sample(prepared["partitions"], len(prepared["partitions"])):
         stages.encode(root, lid, name)
@@ -75,7 +77,22 @@ def staged(root: str, params: LayoutParams, order: int = 0) -> mf.Manifest:
 
 
 def fingerprint(m: mf.Manifest) -> list[tuple[str, str, int, int]]:
-    return [(s.path, s.sha256, s.rows, s.last_batch_rows) for s in m.shards]
+    return [(plain(s.path), s.sha256, s.rows, s.last_batch_rows) for s in m.shards]
+
+
+def plain(path: str) -> str:
+    """A path of a forced rebuild (``shards-<tag>/...``, ``vocab-<tag>/...``) as a first
+    build names it."""
+    return re.sub(r"^(shards|vocab)-[0-9a-f]{8}/", r"\1/", path)
+
+
+def comparable(m: mf.Manifest) -> dict[str, object]:
+    """The manifest but for its creation time and the rebuild tag of its folders."""
+    d = m.to_dict()
+    d["created_at"] = None
+    d["shards"] = [{**s, "path": plain(s["path"])} for s in d["shards"]]
+    d["tables"] = [{**t, "vocab_path": plain(t["vocab_path"])} for t in d["tables"]]
+    return d
 
 
 def latest(root: str) -> str:
@@ -96,19 +113,20 @@ def test_staged_layout_is_byte_identical_to_run_layout(ingested: Path, tmp_path:
     shutil.copytree(ingested, b)
     ref = run_layout(str(a), PARAMS).manifest
     for order in (1, 2):  # two shuffled orders, the second a forced rebuild in place
-        if order == 2:
-            assert stages.prepare(str(b), PARAMS, force=True)["status"] == "planned"
-        got = staged(str(b), PARAMS, order)
+        got = staged(str(b), PARAMS, order, force=order == 2)
         assert got.layout_id == ref.layout_id
         assert fingerprint(got) == fingerprint(ref)
         assert len(ref.shards) > 10, "small shards, so that streams roll over"
-        want = {**ref.to_dict(), "created_at": None}
-        assert {**got.to_dict(), "created_at": None} == want
+        assert comparable(got) == comparable(ref)
     layout = b / "layouts" / ref.layout_id
-    for t in ref.tables:
-        assert (layout / t.vocab_path).read_bytes() == (a / "layouts" / ref.layout_id
-                                                        / t.vocab_path).read_bytes()
+    for t_ref, t_got in zip(ref.tables, got.tables, strict=True):
+        assert (layout / t_got.vocab_path).read_bytes() == (a / "layouts" / ref.layout_id
+                                                            / t_ref.vocab_path).read_bytes()
     assert not (layout / stages.BUILD_DIR).exists(), "publish removes the staging folder"
+    # the rebuild's folders replaced the first build's: only what the manifest names is left
+    assert sorted(p.name for p in layout.iterdir()) == sorted(
+        ["manifest.json", "plan.json", got.shards[0].path.split("/")[0],
+         got.tables[0].vocab_path.split("/")[0]])
     assert latest(str(b)) == ref.layout_id
     checks = verify_layout(*mf.load(str(b)))
     assert all(c.ok for c in checks), [c for c in checks if not c.ok]
@@ -281,6 +299,42 @@ def test_a_crash_between_or_inside_stages_keeps_latest(
     shutil.copytree(ingested, tmp_path / "ref")
     assert fingerprint(done.manifest) == fingerprint(run_layout(str(tmp_path / "ref"),
                                                                 other).manifest)
+
+
+def test_a_crashed_forced_rebuild_keeps_the_published_layout(
+    root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DAG's force=True on the layout LATEST points to: prepare, encode and a failed
+    cut leave the published manifest and its files as they were; a plain request then
+    reports the layout unchanged, and the next forced rebuild completes and prunes."""
+    first = run_layout(root, PARAMS)
+    folder = Path(root) / "layouts" / first.layout_id
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    prepared = stages.prepare(root, PARAMS, force=True)
+    assert prepared["status"] == "planned" and prepared["layout_id"] == first.layout_id
+    for name in prepared["partitions"]:
+        stages.encode(root, first.layout_id, name)
+
+    def broken(self: cutter._Cutter, rows: pa.Table) -> None:
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(cutter._Cutter, "_write", broken)
+    with pytest.raises(OSError, match="injected"):
+        stages.cut(root, first.layout_id, "train/hot")
+    monkeypatch.undo()
+    assert latest(root) == first.layout_id
+    assert all(p.read_bytes() == b for p, b in before.items())
+    assert all(c.ok for c in verify_layout(*mf.load(root)))
+
+    assert stages.prepare(root, PARAMS)["status"] == "unchanged"  # drops the stale _build
+    assert all(c.ok for c in verify_layout(*mf.load(root)))
+    done = staged(root, PARAMS, force=True)
+    assert fingerprint(done) == fingerprint(first.manifest)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["manifest.json", "plan.json", done.shards[0].path.split("/")[0],
+         done.tables[0].vocab_path.split("/")[0]])
+    assert all(c.ok for c in verify_layout(*mf.load(root)))
 
 
 # --- bad requests ----------------------------------------------------------------------------

@@ -171,9 +171,14 @@ def test_staged_layout_on_s3_matches_the_in_process_one(s3: fsspec.AbstractFileS
     for stream in reversed(prepared["streams"]):
         assert stages.cut(ROOT, lid, stream)["status"] == "cut"
     done = stages.publish(ROOT, lid)
-    assert [(s.path, s.sha256) for s in done.manifest.shards] == [
-        (s.path, s.sha256) for s in before.shards]
+    # the rebuild wrote beside the published files (shards-<tag>/), same names and bytes
+    rebuilt = done.manifest.shards[0].path.split("/")[0]
+    assert rebuilt.startswith("shards-")
+    assert [(s.path.split("/", 1)[1], s.sha256) for s in done.manifest.shards] == [
+        (s.path.split("/", 1)[1], s.sha256) for s in before.shards]
     s3.invalidate_cache()
     assert not s3.exists(build)
+    assert not s3.exists(f"{BUCKET}/fae/layouts/{lid}/shards"), "the replaced files are pruned"
+    assert s3.exists(f"{BUCKET}/fae/layouts/{lid}/{rebuilt}")
     assert _latest(s3) == lid
     assert all(c.ok for c in verify_layout(*mf.load(ROOT)))

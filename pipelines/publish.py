@@ -1,0 +1,100 @@
+"""Publishing a layout safely: rebuilds beside the published files, a check before the
+commit, the clean-up after it, and one build per layout at a time on a local root.
+
+A layout is published once its ``manifest.json`` is written, and from then on readers
+may be using the files it names. A rebuild of a published layout (``fae layout
+--force``, the DAG's ``force``) therefore never touches them: it writes its shards and
+vocabularies into folders of its own (``shards-<tag>/``, ``vocab-<tag>/``), the atomic
+replacement of ``manifest.json`` switches readers from the old files to the new ones,
+and only then are the folders that no manifest names removed. A crash at any point
+leaves the published layout readable; a later build removes the crashed one's folders.
+
+Two builds of the same layout at once would remove each other's files. On a local root
+:func:`layout_lock` serialises them (the second waits, then finds the layout published);
+object stores have no such lock, and the Airflow DAG runs one layout at a time
+(``max_active_runs=1``). As a last guard, :func:`check_files` refuses to commit a
+manifest that names a file which is not there.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from fae_data import manifest as mf
+from fae_data.errors import StorageError
+from fae_data.shard_types import SHARD_DIR
+from fae_data.storage import Storage
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: no lock (see the module docstring)
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+#: The folder (inside the layout folder) of a first build's vocabularies.
+VOCAB_DIR = "vocab"
+
+
+def build_dirs(published: bool) -> tuple[str, str]:
+    """The shard and vocabulary folders a build writes: the plain ones for a first build,
+    folders of its own when it rebuilds a ``published`` layout (readers keep the old)."""
+    if not published:
+        return SHARD_DIR, VOCAB_DIR
+    tag = uuid.uuid4().hex[:8]
+    return f"{SHARD_DIR}-{tag}", f"{VOCAB_DIR}-{tag}"
+
+
+def _layout_files(manifest: mf.Manifest) -> list[str]:
+    return [s.path for s in manifest.shards] + [t.vocab_path for t in manifest.tables]
+
+
+def check_files(storage: Storage, manifest: mf.Manifest) -> None:
+    """Refuse to publish a manifest that names a missing file (removed by a concurrent
+    build of the same layout, for instance): better a failed run than a broken layout."""
+    folder = mf.layout_folder(manifest.layout_id)
+    missing = [p for p in _layout_files(manifest) if not storage.exists(*folder, p)]
+    if missing:
+        raise StorageError(
+            f"layout {manifest.layout_id}: {len(missing)} file(s) of this build are gone "
+            f"before its manifest was written ({', '.join(missing[:3])}); another build of "
+            "the same layout may have removed them. Nothing was published; run again"
+        )
+
+
+def prune_layout(storage: Storage, manifest: mf.Manifest) -> None:
+    """Remove the shard and vocabulary folders of the layout that ``manifest`` (just
+    committed) does not name: the files it replaced, or those of a crashed rebuild."""
+    folder = mf.layout_folder(manifest.layout_id)
+    keep = {p.split("/")[0] for p in _layout_files(manifest)}
+    for name in storage.listdir(*folder):
+        ours = any(name == d or name.startswith(f"{d}-") for d in (SHARD_DIR, VOCAB_DIR))
+        if ours and name not in keep:
+            log.info("layout %s: removing %s, which the manifest no longer names",
+                     manifest.layout_id, name)
+            storage.remove(*folder, name, recursive=True)
+
+
+@contextmanager
+def layout_lock(storage: Storage, lid: str) -> Iterator[None]:
+    """Hold the build lock of layout ``lid`` (local roots; elsewhere a no-op). A second
+    build of the same layout waits here until the first is done: it then finds the
+    layout published and does nothing. The lock is released when its process dies."""
+    if not storage.is_local or fcntl is None:
+        yield
+        return
+    storage.makedirs(mf.LAYOUTS_DIR)
+    with open(storage.path(mf.LAYOUTS_DIR, f".{lid}.lock"), "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("layout %s is being built by another run; waiting for it to finish",
+                        lid)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
