@@ -3,8 +3,8 @@
 Definitions used on the page (``tests/test_report.py`` recomputes them naively):
 
 * A table's rows are its ids ``0 .. vocab_size - 1``; ``counts[i]`` is the accesses of id
-  ``i`` in the counted (sampled) training partitions, from the table's vocabulary file (``vocab_path``). The
-  vocabulary file does not store id 0 (null, unseen, rare values); its accesses are derived
+  ``i`` in the counted (sampled) training partitions, from the table's vocabulary file
+  (the manifest's ``vocab_path``). The vocabulary file does not store id 0 (null, unseen, rare values); its accesses are derived
   as ``table total - sum(counts[1:])`` when every table is looked up by exactly one scalar
   column (Criteo: every table then sees the same ``stats.accesses_total / tables``
   accesses). Otherwise id 0 is counted as 0 and the page says so.
