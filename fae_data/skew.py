@@ -4,8 +4,9 @@ Definitions used on the page (``tests/test_report.py`` recomputes them naively):
 
 * A table's rows are its ids ``0 .. vocab_size - 1``; ``counts[i]`` is the accesses of id
   ``i`` in the counted (sampled) training partitions, from the table's vocabulary file
-  (the manifest's ``vocab_path``). The vocabulary file does not store id 0 (null, unseen, rare values); its accesses are derived
-  as ``table total - sum(counts[1:])`` when every table is looked up by exactly one scalar
+  (the manifest's ``vocab_path``). The vocabulary file does not store id 0 (null,
+  unseen, rare values); its accesses are derived as ``table total - sum(counts[1:])``
+  when every table is looked up by exactly one scalar
   column (Criteo: every table then sees the same ``stats.accesses_total / tables``
   accesses). Otherwise id 0 is counted as 0 and the page says so.
 * Top p% of rows: the ``ceil(p * vocab_size)`` rows (at least 1) with the most accesses;
