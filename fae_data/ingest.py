@@ -125,10 +125,28 @@ def ingest_source(
     Raises :class:`InputError` naming the file when the source is missing, empty, not of
     ``params.kind`` at all, a corrupt gzip stream, or has more refused lines than
     ``params.max_reject_fraction``; in every such case no partition is (re)written.
+
+    On a local root a second ingest of the same partition waits for the first (a file
+    lock beside the partition folder): each removes the files the committed marker does
+    not name, which would include the other's files in progress. On an object store one
+    ingest per partition at a time is the scheduler's job (Airflow maps one task each).
     """
-    fmt = schema.raw_format(params.kind)
     check_name(dataset, "dataset")
     check_name(partition, "partition")
+    with storage.lock(INGESTED_DIR, dataset, f".{partition}.lock",
+                      what=f"partition {dataset}/{partition}"):
+        return _ingest(source, storage, dataset, partition, params, progress)
+
+
+def _ingest(
+    source: str,
+    storage: Storage,
+    dataset: str,
+    partition: str,
+    params: IngestParams,
+    progress: ProgressFn | None,
+) -> PartitionResult:
+    fmt = schema.raw_format(params.kind)
     folder = partition_dir(dataset, partition)
     try:
         fs, src_path = fsspec.core.url_to_fs(source)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import uuid
@@ -28,10 +29,16 @@ from fsspec.implementations.local import LocalFileSystem
 
 from fae_data.errors import StorageError
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: Storage.lock does nothing
+    fcntl = None  # type: ignore[assignment]
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
 _HASH_BLOCK = 8 << 20
+log = logging.getLogger(__name__)
 
 
 class Storage:
@@ -188,6 +195,29 @@ class Storage:
         self.write_bytes_atomic(
             (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), *parts
         )
+
+    @contextlib.contextmanager
+    def lock(self, *parts: str, what: str) -> Iterator[None]:
+        """Hold an exclusive lock on the lock file ``parts`` while the block runs (local
+        roots; on an object store a no-op: callers document that one writer at a time is
+        their scheduler's job). A second holder waits, after a warning naming ``what``.
+        The lock dies with its process, so a killed run leaves no stale lock; the lock
+        file must not be one that a clean-up removes while it is held."""
+        if not self.is_local or fcntl is None:
+            yield
+            return
+        path = self.path(*parts)
+        os.makedirs(posixpath.dirname(path), exist_ok=True)
+        with open(path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.warning("%s is busy in another run; waiting for it to finish", what)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def remove(self, *parts: str, recursive: bool = False) -> None:
         """Remove a file or folder; a missing one is not an error."""

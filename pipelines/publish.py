@@ -28,11 +28,6 @@ from fae_data.errors import StorageError
 from fae_data.shard_types import SHARD_DIR
 from fae_data.storage import Storage
 
-try:
-    import fcntl
-except ImportError:  # not a POSIX system: no lock (see the module docstring)
-    fcntl = None  # type: ignore[assignment]
-
 log = logging.getLogger(__name__)
 
 #: The folder (inside the layout folder) of a first build's vocabularies.
@@ -82,19 +77,6 @@ def prune_layout(storage: Storage, manifest: mf.Manifest) -> None:
 def layout_lock(storage: Storage, lid: str) -> Iterator[None]:
     """Hold the build lock of layout ``lid`` (local roots; elsewhere a no-op). A second
     build of the same layout waits here until the first is done: it then finds the
-    layout published and does nothing. The lock is released when its process dies."""
-    if not storage.is_local or fcntl is None:
+    layout published and does nothing."""
+    with storage.lock(mf.LAYOUTS_DIR, f".{lid}.lock", what=f"layout {lid}"):
         yield
-        return
-    storage.makedirs(mf.LAYOUTS_DIR)
-    with open(storage.path(mf.LAYOUTS_DIR, f".{lid}.lock"), "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.warning("layout %s is being built by another run; waiting for it to finish",
-                        lid)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

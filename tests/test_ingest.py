@@ -800,6 +800,26 @@ def test_rerun_cleans_leftovers_of_a_run_killed_after_commit(shared_data: Path, 
     assert folder_files(root) == files
 
 
+def test_a_second_ingest_of_a_partition_waits_for_the_first(shared_data: Path,
+                                                             tmp_path: Path) -> None:
+    """Each ingest removes the files its partition's marker does not name; two at once
+    would remove each other's. On a local root the second waits on a lock file kept
+    outside the partition folder (which that clean-up empties)."""
+    root = tmp_path / "root"
+    storage = Storage(str(root))
+    results: list[PartitionResult] = []
+    with storage.lock("ingested", "criteo", ".p.lock", what="partition criteo/p"):
+        worker = threading.Thread(target=lambda: results.append(ingest(shared_data / KAGGLE,
+                                                                       root)))
+        worker.start()
+        worker.join(timeout=0.5)
+        assert worker.is_alive() and not results, "the second ingest waits for the lock"
+    worker.join(timeout=120)
+    assert [r.status for r in results] == ["written"]
+    assert folder_files(root) == sorted([MARKER, *(load(root)[0][k] for k in ("data", "rejects"))])
+    assert (root / "ingested" / "criteo" / ".p.lock").exists()
+
+
 @pytest.mark.parametrize("damage", ["junk data", "no data", "no rejects", "other rows"])
 def test_rerun_repairs_a_damaged_partition(shared_data: Path, tmp_path: Path, damage: str) -> None:
     """An unchanged source whose committed files were damaged since is ingested again
