@@ -93,15 +93,29 @@ def encode_chunk(
     for name in cols.dense:
         x = _to_numpy(batch.column(name), 0).astype(np.float64)
         arrays[name] = pa.array(np.log1p(np.maximum(x, 0.0)).astype(np.float32))
+    ids, hot = encode_ids(batch, cols.sparse, encoders, hot_rows)
+    arrays.update(ids)
+    return pa.table(arrays), hot
+
+
+def encode_ids(
+    batch: pa.RecordBatch | pa.Table,
+    sparse: Mapping[str, str],
+    encoders: Mapping[str, Encoder],
+    hot_rows: Mapping[str, int],
+) -> tuple[dict[str, pa.Array], np.ndarray]:
+    """The sparse columns of a chunk as ids (column -> array, in ``sparse`` order) and
+    the hot mask: a row is hot iff every id of every column is below its table's k_t."""
+    arrays: dict[str, pa.Array] = {}
     hot = np.ones(batch.num_rows, dtype=bool)
     # Columns are independent and numpy's lookups release the GIL: encode them in parallel.
     for name, ids_array, row_hot in _POOL.map(
         lambda item: _encode_column(batch, item[0], encoders[item[1]], hot_rows[item[1]]),
-        cols.sparse.items(),
+        sparse.items(),
     ):
         arrays[name] = ids_array
         hot &= row_hot
-    return pa.table(arrays), hot
+    return arrays, hot
 
 
 def _encode_column(

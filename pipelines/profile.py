@@ -34,7 +34,7 @@ from fae_data.plan import (
     plan_hot_rows,
     sweep_budgets,
 )
-from fae_data.shard import InputPart, encode_chunk
+from fae_data.shard import InputPart, encode_ids
 from fae_data.storage import Storage
 from fae_data.vocab import Encoder, VocabParams, id_counts, rank_values
 from pipelines.inputs import (
@@ -166,25 +166,26 @@ def plan_sample(storage: Storage, inputs: Inputs, vocabs: Vocabs, seed: int) -> 
     encoders = vocabs.encoders()
     zero_k = {t: 0 for t in vocabs.tables}
     maxima: dict[str, list[np.ndarray]] = {t: [] for t in vocabs.tables}
+    sparse = inputs.columns.sparse
     for part in parts:
         offset = 0
-        for chunk in iter_chunks(storage, part.path, _PLAN_CHUNK_ROWS):
+        for chunk in iter_chunks(storage, part.path, _PLAN_CHUNK_ROWS, list(sparse)):
             keep = sample_mask(chunk.num_rows, offset, rate, seed)
             offset += chunk.num_rows
             sampled = chunk if keep is None else chunk.filter(keep.to_arrow())
             if sampled.num_rows == 0:
                 continue
-            table, _ = encode_chunk(sampled, inputs.columns, encoders, zero_k)
-            for t, row_max in _row_maxima(table, inputs.columns.sparse).items():
+            ids, _ = encode_ids(sampled, sparse, encoders, zero_k)
+            for t, row_max in _row_maxima(ids, sparse).items():
                 maxima[t].append(row_max)
     return {t: np.concatenate(v) if v else np.zeros(0, np.uint32) for t, v in maxima.items()}
 
 
-def _row_maxima(table: pa.Table, sparse: Mapping[str, str]) -> dict[str, np.ndarray]:
+def _row_maxima(ids: Mapping[str, pa.Array], sparse: Mapping[str, str]) -> dict[str, np.ndarray]:
     """The largest id of every row, per table (list columns: their largest element)."""
     per_table: dict[str, np.ndarray] = {}
     for col, t in sparse.items():
-        arr = table.column(col).combine_chunks()
+        arr = ids[col]
         if pa.types.is_list(arr.type):
             flat = arr.flatten().to_numpy()
             offs = np.asarray(arr.offsets)
