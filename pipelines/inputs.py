@@ -212,9 +212,13 @@ def _taobao_samples(
 
 def _split(names: list[str], params: LayoutParams) -> dict[str, Any]:
     if params.val or params.test:
-        unknown = sorted(set(params.val) | set(params.test) - set(names))
+        unknown = sorted((set(params.val) | set(params.test)) - set(names))
         if unknown:
             raise InputError(f"val/test partitions {unknown} are not among {names}")
+        both = sorted(set(params.val) & set(params.test))
+        if both:
+            raise InputError(f"partitions {both} are given as both validation and test; "
+                             "a partition belongs to one split")
         train = [n for n in names if n not in params.val and n not in params.test]
         if not train:
             raise InputError("no training partitions left after taking val and test")

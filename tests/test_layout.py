@@ -327,6 +327,27 @@ def test_missing_partition_and_no_partitions(tmp_path, synthetic_days):
         run_layout(str(tmp_path / "r"), LayoutParams(partitions=("day_0",)))
 
 
+def test_explicit_split(tmp_path, synthetic_days):
+    root = tmp_path / "r"
+    run_ingest([str(f) for f in synthetic_days], str(root), IngestParams("criteo"))
+    params = LayoutParams(budget="64KiB", batch_size=128, val=("day_1",), test=("day_2",))
+    m = run_layout(str(root), params).manifest
+    assert m.params["split"] == {"mode": "explicit", "train": ["day_0"], "val": ["day_1"],
+                                 "test": ["day_2"]}
+    rows = {p.name: p.rows for p in m.dataset.partitions}
+    by = m.stats["rows_by_split_and_kind"]
+    assert by.get("train/hot", 0) + by.get("train/cold", 0) == rows["day_0"]
+    assert (by["val/all"], by["test/all"]) == (rows["day_1"], rows["day_2"])
+    assert all(c.ok for c in verify_layout(*mf.load(str(root))))
+
+    with pytest.raises(InputError, match=r"\['day_2'\] are given as both validation and test"):
+        run_layout(str(root), LayoutParams(val=("day_2",), test=("day_2",)))
+    with pytest.raises(InputError, match=r"val/test partitions \['day_9'\] are not among"):
+        run_layout(str(root), LayoutParams(val=("day_1",), test=("day_9",)))
+    with pytest.raises(InputError, match="no training partitions left"):
+        run_layout(str(root), LayoutParams(val=("day_0", "day_1"), test=("day_2",)))
+
+
 def test_damaged_partition_is_refused_before_any_work_and_reingest_repairs_it(
         tmp_path, synthetic_days):
     root = tmp_path / "r"
