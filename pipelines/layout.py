@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -140,6 +140,7 @@ def run_layout(
     with layout_lock(storage, lid):
         done = existing_layout(storage, lid)
         if done is not None and not force:
+            point_latest(storage, lid)
             return LayoutResult(lid, "unchanged", storage.display(*folder, mf.MANIFEST), done)
 
         vocabs, planned = profile_layout(storage, inputs, params, step=step, progress=progress)
@@ -211,6 +212,14 @@ def build_manifest(
         shards=tuple(mf.ShardRef(**asdict(s)) for s in written.shards),
         columns=tuple(columns),
     )
+
+
+def point_latest(storage: Storage, lid: str) -> None:
+    """Point LATEST at a layout found already published: the layout a run asked for is
+    the one ``fae-train ROOT`` trains next, and a run that crashed between writing the
+    manifest and LATEST is finished by its rerun."""
+    if mf.latest(storage) != lid:
+        mf.set_latest(storage, lid)
 
 
 def commit_layout(storage: Storage, manifest: mf.Manifest, planned: PlanOutcome) -> str:

@@ -60,6 +60,7 @@ from pipelines.layout import (
     compute_layout_id,
     existing_layout,
     layout_columns,
+    point_latest,
     profile_layout,
     resolve_inputs,
     shard_params,
@@ -263,6 +264,7 @@ def publish(root: str, lid: str) -> LayoutResult:
     if build is None:
         manifest = existing_layout(storage, lid)
         assert manifest is not None  # _load returns None only for a published layout
+        point_latest(storage, lid)
         return LayoutResult(lid, "unchanged",
                             storage.display(*mf.layout_folder(lid), mf.MANIFEST), manifest)
     results = [_stream_result(storage, lid, s) for s in build.streams]

@@ -200,6 +200,29 @@ def test_new_budget_is_a_new_layout_and_latest_moves(tmp_path, synthetic_days):
     assert (tmp_path / "r" / "layouts" / "LATEST").read_text().strip() == r2.layout_id
     assert (tmp_path / "r" / "layouts" / m1.layout_id / "manifest.json").exists()
     assert sum(t.hot_rows for t in r2.manifest.tables) < sum(t.hot_rows for t in m1.tables)
+    # asking for the first layout again: nothing is rebuilt, LATEST comes back to it
+    again = run_layout(str(tmp_path / "r"), LayoutParams(budget="64KiB", batch_size=128))
+    assert again.status == "unchanged" and again.layout_id == m1.layout_id
+    assert (tmp_path / "r" / "layouts" / "LATEST").read_text().strip() == m1.layout_id
+
+
+def test_a_crash_between_manifest_and_latest_is_finished_by_the_rerun(
+        tmp_path, synthetic_days, monkeypatch):
+    m1, _ = build(tmp_path / "r", synthetic_days, budget="64KiB", batch_size=128)
+    params = LayoutParams(budget="16KiB", batch_size=128)
+
+    def crash(*_args):
+        raise OSError("killed (injected)")
+
+    monkeypatch.setattr(mf, "set_latest", crash)
+    with pytest.raises(OSError, match="injected"):
+        run_layout(str(tmp_path / "r"), params)
+    monkeypatch.undo()
+    latest = tmp_path / "r" / "layouts" / "LATEST"
+    assert latest.read_text().strip() == m1.layout_id
+    done = run_layout(str(tmp_path / "r"), params)
+    assert done.status == "unchanged"  # the manifest was written: nothing to rebuild
+    assert latest.read_text().strip() == done.layout_id != m1.layout_id
 
 
 # --- crash safety ------------------------------------------------------------------------

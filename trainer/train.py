@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fae_data.manifest import Manifest
+
 from trainer import checkpoint as ckpt_io
 from trainer import distributed as dp
 from trainer.config import DECAYS, DEVICES, TrainConfig, resolve_device
@@ -34,6 +36,25 @@ from trainer.schedule import HotColdSchedule, ScheduleConfig
 log = logging.getLogger(__name__)
 
 __all__ = ["DECAYS", "DEVICES", "TrainConfig", "Trainer", "resolve_device", "train"]
+
+
+def hot_budget_overrun(m: Manifest, optimizer: str) -> str | None:
+    """Why the hot rows need more accelerator memory than the layout planned for, or None.
+
+    The planner sized k_t for the layout's ``dtype`` and ``optimizer_slots``; the trainer
+    keeps tables in float32, with one state slot per row under Adagrad. A layout planned
+    for float16 or without optimizer state then puts more than its budget on the GPU.
+    """
+    slots = 1 if optimizer == "adagrad" else 0
+    need = sum(t.hot_rows * t.dim for t in m.tables) * 4 * (1 + slots)
+    budget = int(m.params.get("budget_bytes") or 0)
+    if not budget or need <= budget:
+        return None
+    return (f"layout {m.layout_id} planned its hot rows for a budget of {budget:,} B "
+            f"(dtype {m.params.get('dtype')}, {m.params.get('optimizer_slots')} optimizer "
+            f"slots); training them in float32 with --optimizer {optimizer} puts {need:,} B "
+            f"on the accelerator. If that does not fit, lay out again with --dtype float32 "
+            f"--optimizer-slots {slots}")
 
 
 def _bottom_widths(widths: tuple[int, ...], dim: int) -> tuple[int, ...]:
@@ -82,6 +103,8 @@ class Trainer:
                                    self.reader.list_tables, mc.embedding_dim,
                                    config.optimizer, self.device, mc.list_pooling)
         self.compute = self.placement.compute
+        if config.placement == "fae" and (over := hot_budget_overrun(m, config.optimizer)):
+            log.warning(over)
         self.model = DLRM(mc, seed=config.seed).to(self.compute)
         g = torch.Generator().manual_seed(config.seed + 1)
         for t in m.tables:  # one table at a time: never a second copy of all tables

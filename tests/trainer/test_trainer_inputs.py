@@ -80,6 +80,35 @@ def test_bad_layout_refused_before_training(case: str, layout_copy, capsys) -> N
     assert issubclass(error, FaeError)
 
 
+def test_hot_rows_beyond_the_planned_budget_are_warned_about(layout_copy, caplog) -> None:  # type: ignore[no-untyped-def]
+    """The planner sized k_t for the layout's dtype and optimizer slots; float32 tables
+    with Adagrad state may need more accelerator memory than that budget."""
+    import logging
+
+    from fae_data import manifest as mf
+    from trainer.train import hot_budget_overrun
+
+    manifest = layout_copy()
+    m, _ = mf.load(str(manifest))
+    need = sum(t.hot_rows * t.dim for t in m.tables) * 4
+    assert need > 0
+    edit_manifest(manifest, lambda d: d["params"].update(budget_bytes=need, dtype="float16"))
+    m, _ = mf.load(str(manifest))
+    assert hot_budget_overrun(m, "sgd") is None  # float32, no state: exactly the budget
+    message = hot_budget_overrun(m, "adagrad")
+    assert message is not None and f"puts {2 * need:,} B on the accelerator" in message
+    assert "--dtype float32 --optimizer-slots 1" in message
+    with caplog.at_level(logging.WARNING, logger="trainer.train"):
+        Trainer(TrainConfig(str(manifest), placement="fae", optimizer="adagrad",
+                            **CPU_TINY))  # type: ignore[arg-type]
+    assert message in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="trainer.train"):
+        Trainer(TrainConfig(str(manifest), placement="hybrid", optimizer="adagrad",
+                            **CPU_TINY))  # type: ignore[arg-type]
+    assert "planned its hot rows" not in caplog.text  # no hot table on the accelerator
+
+
 def test_unwritable_checkpoint_folder_is_one_error_line(layout_copy, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
