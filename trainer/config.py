@@ -55,10 +55,13 @@ class TrainConfig:
             (self.device in DEVICES, f"device {self.device!r}: use {'|'.join(DEVICES)}"),
             (self.lr > 0, f"lr ({self.lr}) must be > 0"),
             (self.epochs >= 1, f"epochs ({self.epochs}) must be >= 1"),
-            (self.max_steps is None or self.max_steps >= 0, "max_steps must be >= 0"),
-            (min(self.warmup_steps, self.eval_every, self.log_every) >= 0,
-             "warmup_steps, eval_every and log_every must be >= 0"),
-            (self.prefetch >= 1 and self.adapt_batches >= 1, "prefetch/adapt_batches >= 1"),
+            (self.max_steps is None or self.max_steps >= 0,
+             f"max_steps ({self.max_steps}) must be >= 0"),
+            *((value >= 0, f"{name} ({value}) must be >= 0") for name, value in (
+                ("warmup_steps", self.warmup_steps), ("eval_every", self.eval_every),
+                ("log_every", self.log_every))),
+            *((value >= 1, f"{name} ({value}) must be >= 1") for name, value in (
+                ("prefetch", self.prefetch), ("adapt_batches", self.adapt_batches))),
         ]
         for ok, message in checks:
             if not ok:
