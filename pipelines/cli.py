@@ -55,7 +55,8 @@ def demo(
         "fae-demo"
     ),
     rows: Annotated[int, typer.Option(help="Synthetic Criteo rows per day.")] = 200_000,
-    days: Annotated[int, typer.Option(min=2, help="Synthetic days (at least 2: the last one is halved into val and test).")] = 3,
+    days: Annotated[int, typer.Option(
+        min=2, help="Synthetic days (at least 2: the last one is halved into val and test).")] = 3,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     scale: Annotated[float, typer.Option(help="Cardinality scale of the synthetic data.")] = 0.01,
     budget: Annotated[str, typer.Option(help="GPU budget for hot rows.")] = "1MiB",
