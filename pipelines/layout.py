@@ -19,7 +19,7 @@ from typing import Any
 
 from fae_data import __version__
 from fae_data import manifest as mf
-from fae_data.errors import StorageError
+from fae_data.errors import ManifestError, StorageError
 from fae_data.shard import LayoutColumns, ShardParams, ShardResult, write_shards
 from fae_data.storage import Storage
 
@@ -138,7 +138,14 @@ def run_layout(
     lid = compute_layout_id(inputs, params)
     folder = mf.layout_folder(lid)
     with layout_lock(storage, lid):
-        done = existing_layout(storage, lid)
+        try:
+            done = existing_layout(storage, lid)
+        except ManifestError as exc:  # unreadable for every reader already
+            if not force:
+                raise ManifestError(f"{exc}; `fae layout --force` with the same parameters "
+                                    "rebuilds the layout") from None
+            log.warning("%s; rebuilding the layout", exc)
+            done = None
         if done is not None and not force:
             point_latest(storage, lid)
             return LayoutResult(lid, "unchanged", storage.display(*folder, mf.MANIFEST), done)

@@ -303,6 +303,19 @@ def test_a_failed_forced_rebuild_leaves_the_published_layout_readable(
         ["manifest.json", "plan.json", shard_dir, vocab_dir])
 
 
+def test_a_corrupt_manifest_is_named_and_force_rebuilds_it(tmp_path, synthetic_days):
+    params = LayoutParams(budget="64KiB", batch_size=128)
+    m1, layout_dir = build(tmp_path / "r", synthetic_days, budget="64KiB", batch_size=128)
+    (layout_dir / "manifest.json").write_text("{broken")
+    with pytest.raises(ManifestError, match=r"manifest.json: not valid JSON .*`fae layout "
+                                            r"--force` with the same parameters rebuilds"):
+        run_layout(str(tmp_path / "r"), params)
+    done = run_layout(str(tmp_path / "r"), params, force=True)
+    assert done.status == "published" and done.layout_id == m1.layout_id
+    assert [s.sha256 for s in done.manifest.shards] == [s.sha256 for s in m1.shards]
+    assert all(c.ok for c in verify_layout(*mf.load(str(tmp_path / "r"))))
+
+
 def test_a_second_build_of_the_same_layout_waits_for_the_first(tmp_path, synthetic_days):
     """Two `fae layout` runs of one layout on a local root: the second waits on the build
     lock, then finds the layout published instead of removing the first one's files."""
