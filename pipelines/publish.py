@@ -51,7 +51,15 @@ def check_files(storage: Storage, manifest: mf.Manifest) -> None:
     """Refuse to publish a manifest that names a missing file (removed by a concurrent
     build of the same layout, for instance): better a failed run than a broken layout."""
     folder = mf.layout_folder(manifest.layout_id)
-    missing = [p for p in _layout_files(manifest) if not storage.exists(*folder, p)]
+    storage.fs.invalidate_cache(storage.path(*folder))  # files other workers wrote
+    listed: dict[str, set[str]] = {}  # one listing per folder, not one request per file
+    missing = []
+    for path in _layout_files(manifest):
+        sub, _, name = path.rpartition("/")
+        if sub not in listed:
+            listed[sub] = set(storage.listdir(*folder, *([sub] if sub else [])))
+        if name not in listed[sub]:
+            missing.append(path)
     if missing:
         raise StorageError(
             f"layout {manifest.layout_id}: {len(missing)} file(s) of this build are gone "
