@@ -39,6 +39,7 @@ DAG_IDS = ("fae_ingest", "fae_layout", "fae_train")
 START_TIMEOUT_S = 240
 RUN_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 30
+DB_ERROR_RETRIES = 5
 USER = "fae"
 
 pytestmark = pytest.mark.slow
@@ -109,6 +110,18 @@ class Airflow:
 
     # -- HTTP ---------------------------------------------------------------------------
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """One API call; a 500 "Database error" is retried a few times: with SQLite the
+        API server's write can lose a lock race against the scheduler's (seen once in CI
+        on a run trigger), and its transaction is then rolled back, so a retry is safe."""
+        for attempt in range(DB_ERROR_RETRIES + 1):
+            status, answer = self._request_once(method, path, body)
+            if status != 500 or "Database error" not in str(answer) or attempt == DB_ERROR_RETRIES:
+                return status, answer
+            print(f"{method} {path}: {answer}; retrying", file=sys.stderr)
+            time.sleep(2)
+        raise AssertionError("unreachable")
+
+    def _request_once(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
