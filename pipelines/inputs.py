@@ -226,7 +226,7 @@ def _split(names: list[str], params: LayoutParams) -> dict[str, Any]:
                 "test": list(params.test)}
     if len(names) < 2:
         raise InputError(
-            f"the Criteo split needs at least 2 partitions (train days + a last day halved "
+            f"the default split needs at least 2 partitions (train days + a last day halved "
             f"into val/test), found {len(names)}; add partitions or pass --val/--test"
         )
     return {"mode": "last-day-halves", "train": names[:-1], "val": [names[-1]],
