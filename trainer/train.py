@@ -105,6 +105,11 @@ class Trainer:
         self.compute = self.placement.compute
         if config.placement == "fae" and (over := hot_budget_overrun(m, config.optimizer)):
             log.warning(over)
+        if not sch.dense and config.optimizer == "sgd" and resume is None:
+            log.warning("layout %s has no dense features: its embeddings alone carry the "
+                        "signal, and SGD barely moves rarely seen rows (on the real Taobao "
+                        "sample it stayed at the constant prediction); train it with "
+                        "--optimizer adagrad --lr 0.02", m.layout_id)
         self.model = DLRM(mc, seed=config.seed).to(self.compute)
         g = torch.Generator().manual_seed(config.seed + 1)
         for t in m.tables:  # one table at a time: never a second copy of all tables

@@ -180,3 +180,18 @@ def test_real_taobao_layout_fae_equal_cpu(taobao_layout: str, optimizer: str) ->
     summary = fae.summary()
     assert summary["steps"] == 12
     assert 0.0 <= summary["test"]["auc"] <= 1.0
+
+
+def test_sgd_on_a_layout_without_dense_features_is_warned_about(  # type: ignore[no-untyped-def]
+        taobao_layout: str, layouts: Layouts, caplog) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="trainer.train"):
+        Trainer(TrainConfig(taobao_layout, placement="cpu", **CPU_TINY))  # type: ignore[arg-type]
+    assert "has no dense features" in caplog.text and "--optimizer adagrad" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="trainer.train"):
+        Trainer(TrainConfig(taobao_layout, placement="cpu", optimizer="adagrad",
+                            **CPU_TINY))  # type: ignore[arg-type]
+        Trainer(TrainConfig(layouts.criteo, placement="cpu", **CPU_TINY))  # type: ignore[arg-type]
+    assert "has no dense features" not in caplog.text
