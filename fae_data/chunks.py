@@ -42,7 +42,7 @@ def iter_chunks(
         # A missing, truncated or foreign file: name it, no traceback from the reader.
         # (Polars reports a missing column as ColumnNotFoundError, also a PolarsError.)
         raise StorageError(
-            f"{storage.display(path)}: cannot read it as Parquet ({_first_line(exc)})"
+            f"{storage.display(path)}: not a readable Parquet file ({_first_line(exc)})"
         ) from None
 
 

@@ -90,25 +90,34 @@ class Storage:
         happens while the interpreter exits, the thread cannot take the GIL and the
         process aborts with "terminate called without an active exception" (apache/arrow
         #34314; seen here as ``fae verify`` exiting with 134 under load).
+
+        A missing, truncated or foreign file raises a :class:`StorageError` naming it.
         """
         import pyarrow.parquet as pq
 
-        if self.is_local:
-            with pq.ParquetFile(self.path(*parts)) as pf:
+        with self._parquet_errors(parts):
+            if self.is_local:
+                with pq.ParquetFile(self.path(*parts)) as pf:
+                    return pf.read(columns=columns)
+            with self.fs.open(self.path(*parts), "rb") as f, pq.ParquetFile(f) as pf:
                 return pf.read(columns=columns)
-        with self.fs.open(self.path(*parts), "rb") as f, pq.ParquetFile(f) as pf:
-            return pf.read(columns=columns)
 
     def parquet_metadata(self, *parts: str) -> Any:
         """The footer (``pyarrow.parquet.FileMetaData``) of a Parquet file: its row count,
         row groups and schema, without reading the data. A missing, truncated or foreign
         file raises a :class:`StorageError` that names it."""
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
+        with self._parquet_errors(parts), self.fs.open(self.path(*parts), "rb") as f:
+            return pq.ParquetFile(f).metadata
+
+    @contextlib.contextmanager
+    def _parquet_errors(self, parts: tuple[str, ...]) -> Iterator[None]:
+        """Reader errors of the Parquet file ``parts`` as one StorageError naming it."""
+        import pyarrow as pa
+
         try:
-            with self.fs.open(self.path(*parts), "rb") as f:
-                return pq.ParquetFile(f).metadata
+            yield
         except (OSError, pa.ArrowException) as exc:
             raise StorageError(
                 f"{self.display(*parts)}: not a readable Parquet file ({exc})"

@@ -154,8 +154,8 @@ def _hot_invariant(m: Manifest, store: Storage, tick: ProgressFn) -> Check:
         else:
             try:
                 table = store.read_table(s.path, columns=columns)
-            except (OSError, pa.ArrowException) as exc:
-                problems.append(f"{s.path}: cannot read its ids ({exc})")
+            except StorageError as exc:
+                problems.append(str(exc))
             else:
                 problems += _shard_invariant(s, table, sparse, k, size)
         tick("hot invariant", i + 1, len(m.shards))

@@ -410,7 +410,7 @@ def test_a_partition_damaged_during_the_layout_is_named(tmp_path, synthetic_days
     run_ingest([str(f) for f in synthetic_days], str(root), IngestParams("criteo"))
     data = next((root / "ingested" / "criteo" / "day_0").glob("data-*.parquet"))
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2] + b"PAR1")
-    with pytest.raises(StorageError, match=rf"{data.name}: cannot read it as Parquet"):
+    with pytest.raises(StorageError, match=rf"{data.name}: not a readable Parquet file"):
         list(iter_chunks(Storage(str(root)), str(data.relative_to(root)), 100))
 
 
@@ -475,7 +475,7 @@ def test_verify_reports_unreadable_and_missing_files_instead_of_crashing(tmp_pat
     assert f"{m.shards[0].path}: not a readable Parquet file" in checks[
         "minibatch alignment and columns"].detail
     assert f"{m.tables[0].vocab_path}: not a readable Parquet file" in checks["vocabularies"].detail
-    assert f"{m.shards[0].path}: cannot read its ids" in checks["hot invariant"].detail
+    assert f"{m.shards[0].path}: not a readable Parquet file" in checks["hot invariant"].detail
     for name in ("minibatch alignment and columns", "hot invariant"):
         assert "1 shard missing, not checked" in checks[name].detail
     assert checks["row totals"].ok  # the manifest alone: still checked
@@ -484,7 +484,8 @@ def test_verify_reports_unreadable_and_missing_files_instead_of_crashing(tmp_pat
     done = runner.invoke(app, ["verify", str(layout_dir), "--quiet"])
     assert done.exit_code == 1, done.output
     assert "Traceback" not in done.output
-    assert f"FAIL hot invariant: {m.shards[0].path}: cannot read its ids" in done.output
+    assert f"FAIL hot invariant: {layout_dir / m.shards[0].path}: not a readable Parquet " \
+        "file" in done.output
 
 
 def test_verify_reports_progress_per_shard_and_commands_accept_quiet(tmp_path, synthetic_days):
