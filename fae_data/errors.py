@@ -37,15 +37,3 @@ def os_error_message(exc: OSError) -> str:
         return reason
     target = f" -> {exc.filename2}" if exc.filename2 is not None else ""
     return f"{exc.filename}{target}: {reason}"
-
-
-def quiet_broken_pipe() -> int:
-    """What a command-line entry point does when its reader went away (``fae ... | head``):
-    no traceback; stdout is pointed at /dev/null so that the interpreter's final flush
-    does not fail again. Returns the exit code, 141 as a shell reports SIGPIPE."""
-    import os
-    import sys
-
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    return 141

@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
-from fae_data.errors import FaeError, os_error_message, quiet_broken_pipe
+from fae_data.errors import FaeError, os_error_message
 from trainer import distributed as dp
 from trainer.embedding import SPARSE_OPTIMIZERS
 from trainer.model import LIST_POOLINGS
@@ -113,6 +114,15 @@ def _human(s: dict[str, Any]) -> str:
             + (f"\ncheckpoint {s['checkpoint']}" if s["checkpoint"] else ""))
 
 
+def _quiet_broken_pipe() -> int:
+    """When stdout's reader went away (``fae-train ... | head``): no traceback; stdout is
+    pointed at /dev/null so that the interpreter's final flush does not fail again.
+    Returns the exit code, 141 as a shell reports SIGPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
     args = parse_args(argv)
@@ -139,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(json.dumps(summary, indent=2) if args.json else _human(summary), flush=True)
         except BrokenPipeError:  # the reader of stdout went away (`fae-train ... | head`)
-            return quiet_broken_pipe()
+            return _quiet_broken_pipe()
     return 0
 
 

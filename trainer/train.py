@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from fae_data.manifest import Manifest
-
 from trainer import checkpoint as ckpt_io
 from trainer import distributed as dp
 from trainer.config import DECAYS, DEVICES, TrainConfig, resolve_device
