@@ -77,53 +77,67 @@ _VALUE_COUNT_SCHEMA = {"value": pl.UInt32, "count": pl.UInt64}
 
 def count_tables(frame: Chunk, columns: Mapping[str, str], keep: pl.Series | None = None) -> TableCounts:
     """Like :func:`count_values`, kept per table (cheaper to merge: the key is one uint32)."""
-    table = _as_arrow(frame)
     if keep is not None:
         present = {t: c.with_columns(pl.lit(0, pl.UInt64).alias("count"))
-                   for t, c in _count(table, columns).items()}
-        return merge_tables([present, _count(table.filter(keep.to_arrow()), columns)])
-    return _count(table, columns)
+                   for t, c in _count(frame, columns).items()}
+        return merge_tables([present, _count(frame.filter(_mask_for(frame, keep)), columns)])
+    return _count(frame, columns)
 
 
-def _as_arrow(frame: Chunk) -> pa.Table | pa.RecordBatch:
-    return frame.to_arrow() if isinstance(frame, pl.DataFrame) else frame
+def _mask_for(frame: Chunk, keep: pl.Series) -> pl.Series | pa.Array:
+    return keep if isinstance(frame, pl.DataFrame) else keep.to_arrow()
 
 
-def _count(table: pa.Table | pa.RecordBatch, columns: Mapping[str, str]) -> TableCounts:
-    names = table.schema.names
+def _count(frame: Chunk, columns: Mapping[str, str]) -> TableCounts:
+    names = frame.columns if isinstance(frame, pl.DataFrame) else frame.schema.names
     for column in columns:
         if column not in names:
             raise InputError(f"column {column!r} not found; available: {', '.join(names)}")
-    counted = _POOL.map(lambda c: column_counts(table.column(c)), list(columns))
+    get = frame.get_column if isinstance(frame, pl.DataFrame) else frame.column
+    counted = _POOL.map(lambda c: column_counts(get(c)), list(columns))
     per_table: dict[str, list[pl.DataFrame]] = {}
-    for table_name, frame in zip(columns.values(), counted, strict=True):
-        per_table.setdefault(table_name, []).append(frame)
+    for table_name, counts in zip(columns.values(), counted, strict=True):
+        per_table.setdefault(table_name, []).append(counts)
     return {t: parts[0] if len(parts) == 1 else _sum(parts) for t, parts in per_table.items()}
 
 
-def column_counts(column: pa.Array | pa.ChunkedArray) -> pl.DataFrame:
+def column_counts(column: pa.Array | pa.ChunkedArray | pl.Series) -> pl.DataFrame:
     """Accesses per value of one column: ``(value, count)`` sorted by value, the nulls
     (if any) first as value null. A list column counts its elements (an empty or null
     list is no lookup).
 
     The kernel sorts instead of hashing: numpy's vectorised sort of uint32 is about 3x
     faster than a hash group-by on these skewed, high-cardinality columns, and partial
-    count files are stored sorted by value anyway.
+    count files are stored sorted by value anyway. A Polars column is counted without a
+    round trip through Arrow (Polars drops nulls ~6x faster than Arrow's filter kernel).
     """
+    series = _id_series(column)
+    nulls = series.null_count()
+    values = (series.drop_nulls() if nulls else series).to_numpy()
+    if values.flags.writeable:  # a copy of its own (Polars hands out views read-only)
+        values.sort()
+    else:
+        values = np.sort(values)
+    distinct, starts = _runs(values)
+    counts = np.empty(starts.size, dtype=np.uint64)
+    if starts.size:
+        np.subtract(starts[1:], starts[:-1], out=counts[:-1], casting="unsafe")
+        counts[-1] = values.size - starts[-1]
+    return _frame(distinct, counts, nulls if nulls else None)
+
+
+def _id_series(column: pa.Array | pa.ChunkedArray | pl.Series) -> pl.Series:
+    """``column`` as a Polars UInt32 series, a list column flattened to its elements."""
+    if isinstance(column, pl.Series):
+        if column.dtype.is_nested():
+            return _id_series(column.to_arrow())
+        return column if column.dtype == pl.UInt32 else column.cast(pl.UInt32)
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
         arr = arr.flatten()
     if arr.type != pa.uint32():
         arr = arr.cast(pa.uint32())
-    nulls = arr.null_count
-    if nulls:  # Polars drops nulls ~6x faster than Arrow's filter kernel
-        series = pl.Series(values=arr, dtype=pl.UInt32).drop_nulls()
-        values = np.sort(series.to_numpy())
-    else:
-        values = np.sort(arr.to_numpy(zero_copy_only=False))
-    distinct, starts = _runs(values)
-    counts = np.diff(np.append(starts, values.size)).astype(np.uint64)
-    return _frame(distinct, counts, nulls if nulls else None)
+    return pl.Series(values=arr, dtype=pl.UInt32)
 
 
 def _runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -139,11 +153,18 @@ def _runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _frame(values: np.ndarray, counts: np.ndarray, nulls: int | None) -> pl.DataFrame:
     """A ``(value, count)`` frame in partial-file order: the null row (if any) first."""
-    frame = pl.DataFrame({"value": values, "count": counts}, schema=_VALUE_COUNT_SCHEMA)
     if nulls is None:
-        return frame
-    head = pl.DataFrame({"value": [None], "count": [nulls]}, schema=_VALUE_COUNT_SCHEMA)
-    return pl.concat([head, frame])
+        return pl.DataFrame([pl.Series("value", values, pl.UInt32),
+                             pl.Series("count", counts, pl.UInt64)])
+    # One allocation each, the null slot set in place: cheaper than concatenating frames.
+    with_null = np.empty(values.size + 1, dtype=np.uint32)
+    with_null[1:] = values
+    with_null[0] = 0
+    all_counts = np.empty(counts.size + 1, dtype=np.uint64)
+    all_counts[1:] = counts
+    all_counts[0] = nulls
+    return pl.DataFrame([pl.Series("value", with_null, pl.UInt32).scatter(0, None),
+                         pl.Series("count", all_counts, pl.UInt64)])
 
 
 def _sum(parts: list[pl.DataFrame]) -> pl.DataFrame:
@@ -175,17 +196,23 @@ def merge_tables(partials: Iterable[TableCounts]) -> TableCounts:
     return {t: parts[0] if len(parts) == 1 else _sum(parts) for t, parts in collected.items()}
 
 
-def to_frame(counts: TableCounts) -> pl.DataFrame:
-    """Per-table counts as one :data:`COUNT_SCHEMA` frame sorted by (table, value)."""
+def to_frame(counts: TableCounts, enum_tables: bool = False) -> pl.DataFrame:
+    """Per-table counts as one :data:`COUNT_SCHEMA` frame sorted by (table, value).
+
+    With ``enum_tables`` the ``table`` column is a Polars Enum of the sorted table names
+    instead of a string (how partial count files store it: about 25% cheaper to build and
+    write, the same bytes on disk; :func:`from_frame` takes both).
+    """
     if not counts:
         return pl.DataFrame(schema=COUNT_SCHEMA)
+    table_type = pl.Enum(sorted(counts)) if enum_tables else pl.String
     frames = [
         (c if _sorted_by_value(c) else c.sort("value", nulls_last=False))
         .lazy()
-        .select(pl.lit(t, pl.String).alias("table"), pl.col("value"), pl.col("count"))
+        .select(pl.lit(t, table_type).alias("table"), pl.col("value"), pl.col("count"))
         for t, c in sorted(counts.items())
     ]
-    return pl.concat(frames).cast(COUNT_SCHEMA).collect()  # type: ignore[arg-type]
+    return pl.concat(frames).cast({**COUNT_SCHEMA, "table": table_type}).collect()  # type: ignore[arg-type]
 
 
 def _sorted_by_value(counts: pl.DataFrame) -> bool:
@@ -196,6 +223,15 @@ def _sorted_by_value(counts: pl.DataFrame) -> bool:
     if nulls > 1 or (nulls == 1 and values[0] is not None):
         return False
     return bool(values.slice(nulls).is_sorted())
+
+
+def is_count_frame(frame: pl.DataFrame) -> bool:
+    """True when ``frame`` has :data:`COUNT_SCHEMA`, its ``table`` a string or an Enum."""
+    schema = frame.schema
+    table = schema.get("table")
+    return (list(schema) == list(COUNT_SCHEMA)
+            and (table == pl.String or isinstance(table, pl.Enum))
+            and schema["value"] == pl.UInt32 and schema["count"] == pl.UInt64)
 
 
 def from_frame(frame: pl.DataFrame) -> TableCounts:

@@ -15,12 +15,13 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from fae_data.chunks import iter_chunks
+from fae_data.chunks import iter_chunks, iter_frames
 from fae_data.counts import (
     COUNT_SCHEMA,
     TableCounts,
     count_tables,
     from_frame,
+    is_count_frame,
     merge_tables,
     sample_mask,
     to_frame,
@@ -74,13 +75,13 @@ def run_counts(
     partials: list[TableCounts] = []
     offset = 0
     columns = list(inputs.columns.sparse)
-    for chunk in iter_chunks(storage, part.path, _COUNT_CHUNK_ROWS, columns):
-        mask = sample_mask(chunk.num_rows, offset, sampling_rate, seed)
-        offset += chunk.num_rows
+    for chunk in iter_frames(storage, part.path, _COUNT_CHUNK_ROWS, columns):
+        mask = sample_mask(chunk.height, offset, sampling_rate, seed)
+        offset += chunk.height
         partials.append(count_tables(chunk, inputs.columns.sparse, mask))
         if len(partials) >= 4:  # keep memory at about one vocabulary's worth of counts
             partials = [merge_tables(partials)]
-    counted = to_frame(merge_tables(partials))
+    counted = to_frame(merge_tables(partials), enum_tables=True)
     with storage.open_atomic(*rel) as f:
         # lz4 without statistics: a partial is read whole by one merge, never filtered
         counted.write_parquet(f, compression="lz4", statistics=False)
@@ -102,7 +103,7 @@ def load_counts(storage: Storage, paths: Sequence[str]) -> TableCounts:
             raise StorageError(
                 f"{storage.display(p)}: corrupt partial count file ({exc}); delete it and rerun"
             ) from None
-        if frame.schema != pl.Schema(COUNT_SCHEMA):
+        if not is_count_frame(frame):
             raise StorageError(
                 f"{storage.display(p)}: partial counts have schema {frame.schema}, expected "
                 f"{COUNT_SCHEMA}; delete the file and rerun"

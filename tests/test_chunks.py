@@ -6,11 +6,12 @@ from pathlib import Path
 
 import fsspec
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fae_data.chunks import iter_chunks
+from fae_data.chunks import iter_chunks, iter_frames
 from fae_data.storage import Storage
 
 
@@ -33,6 +34,7 @@ def test_local_and_remote_chunks_are_exact_and_equal(tmp_path: Path, rows: int) 
     try:
         local = list(iter_chunks(Storage(str(tmp_path)), "t.parquet", rows))
         remote = list(iter_chunks(Storage("memory://fae-chunks"), "t.parquet", rows))
+        remote_frames = list(iter_frames(Storage("memory://fae-chunks"), "t.parquet", rows))
     finally:
         mem.rm("/fae-chunks", recursive=True)
     sizes = [c.num_rows for c in local]
@@ -40,6 +42,12 @@ def test_local_and_remote_chunks_are_exact_and_equal(tmp_path: Path, rows: int) 
     assert [c.num_rows for c in remote] == sizes
     assert pa.concat_tables(local).equals(table)
     assert pa.concat_tables(remote).equals(table)
+    # Polars frames: the same chunks, from either storage
+    local_frames = list(iter_frames(Storage(str(tmp_path)), "t.parquet", rows))
+    for frames in (local_frames, remote_frames):
+        assert all(isinstance(f, pl.DataFrame) for f in frames)
+        assert [f.height for f in frames] == sizes
+        assert pl.concat(frames).to_arrow().equals(table)
     only_a = list(iter_chunks(Storage(str(tmp_path)), "t.parquet", rows, columns=["a"]))
     assert only_a[0].column_names == ["a"]
     with pytest.raises(ValueError, match="at least 1"):

@@ -64,6 +64,24 @@ def test_column_counts_are_sorted_exact_and_nulls_first(values):
     assert column_counts(pa.chunked_array([arr[:2], arr[2:]])).equals(got)
     lists = pa.array([values[:1], [], None, values[1:]], pa.list_(pa.uint32()))
     assert column_counts(lists).equals(got)
+    # Polars columns (what counting reads locally) count the same: one or several chunks,
+    # lists, and a wider integer type
+    series = pl.Series(values=arr)
+    assert column_counts(series).equals(got)
+    assert column_counts(pl.concat([series[:2], series[2:]], rechunk=False)).equals(got)
+    assert column_counts(pl.Series(values=lists)).equals(got)
+    assert column_counts(series.cast(pl.Int64)).equals(got)
+
+
+def test_counting_leaves_its_input_untouched():
+    """The kernel sorts in place only what it copied itself."""
+    series = pl.concat([pl.Series([5, 1, None, 3], dtype=pl.UInt32),
+                        pl.Series([2, 1], dtype=pl.UInt32)], rechunk=False)
+    column_counts(series)
+    assert series.to_list() == [5, 1, None, 3, 2, 1]
+    arr = pa.array([9, 4, 7], pa.uint32())
+    column_counts(arr)
+    assert arr.to_pylist() == [9, 4, 7]
 
 
 def test_arrow_tables_count_like_polars_frames():

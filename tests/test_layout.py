@@ -425,6 +425,28 @@ def test_corrupt_partial_counts(tmp_path, synthetic_days):
     assert not (root / "layouts" / "LATEST").exists()
 
 
+def test_partial_counts_with_a_string_table_column_still_load(tmp_path, synthetic_days):
+    """Partial count files store ``table`` as an Enum; files from before, where it was a
+    string, give the same layout. A file of another schema is refused by name."""
+    import polars as pl
+
+    root = tmp_path / "r"
+    m, _ = build(root, synthetic_days, budget="64KiB", batch_size=128)
+    files = sorted((root / "counts").rglob("*.parquet"))
+    assert files and all(isinstance(pl.read_parquet(f).schema["table"], pl.Enum) for f in files)
+    for f in files:
+        pl.read_parquet(f).with_columns(pl.col("table").cast(pl.String)).write_parquet(f)
+    shutil.rmtree(root / "layouts")
+    again = run_layout(str(root), LayoutParams(budget="64KiB", batch_size=128))
+    assert again.manifest.layout_id == m.layout_id
+    assert [t.vocab_size for t in again.manifest.tables] == [t.vocab_size for t in m.tables]
+    assert [s.sha256 for s in again.manifest.shards] == [s.sha256 for s in m.shards]
+    pl.read_parquet(files[0]).with_columns(pl.col("count").cast(pl.Int32)).write_parquet(files[0])
+    shutil.rmtree(root / "layouts")
+    with pytest.raises(StorageError, match=f"{files[0].name}: partial counts have schema"):
+        run_layout(str(root), LayoutParams(budget="64KiB", batch_size=128))
+
+
 def test_manifest_pointing_outside_is_refused(tmp_path, synthetic_days):
     _, layout_dir = build(tmp_path / "r", synthetic_days, budget="64KiB", batch_size=128)
     path = layout_dir / "manifest.json"
