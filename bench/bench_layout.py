@@ -7,6 +7,10 @@ Targets (issue "Hot-embedding layout"), measured side by side in one run:
   over the same rows); a dict-based loop that also parses the TSV is reported beside it;
 - peak RSS at 5M rows <= 1.5x that at 1M rows, vocabularies aside.
 
+Beside the end-to-end ratio it prints an I/O floor: the parse plus the Parquet writes and
+read that any implementation of the contract does (ingested partitions, shards), without
+any of the computing, so one can see how much of the 3.0x is left for the rest.
+
     python bench/bench_layout.py [--rows 1000000 --big-rows 5000000 --days 4]
 """
 
@@ -149,6 +153,37 @@ print(json.dumps({{"seconds": seconds, "rows": int(len(sampled))}}))
 """
 
 
+_FLOOR_CHILD = """
+# The I/O any implementation of the contract must do besides the parse: write the ingested
+# rows as Parquet, read them back, and write them once more as shards (here: the same
+# table again, no encoding, shuffling, counting or checksums), lz4 like ours, each write
+# split over both cores, into memory (no disk). Best of 3 each.
+import io
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+import pyarrow as pa
+import pyarrow.parquet as pq
+files = sorted(Path({root!r}, "ingested").rglob("data-*.parquet"))
+table = pa.concat_tables(pq.read_table(f) for f in files)
+pool = ThreadPoolExecutor(2)
+def write(part):
+    buf = io.BytesIO()
+    pq.write_table(part, buf, compression="lz4", use_dictionary=False, write_statistics=False)
+    return buf.getvalue()
+def write_both():
+    half = table.num_rows // 2
+    return list(pool.map(write, [table.slice(0, half), table.slice(half)]))
+def best(fn):
+    out = []
+    for _ in range(3):
+        t = time.perf_counter(); value = fn(); out.append(time.perf_counter() - t)
+    return min(out), value
+write_s, parts = best(write_both)
+read_s, _ = best(lambda: list(pool.map(lambda b: pq.read_table(pa.BufferReader(b)), parts)))
+print(json.dumps({{"write_s": write_s, "read_s": read_s, "rows": table.num_rows}}))
+"""
+
+
 def measure(workdir: Path, rows: int, days: int, budget: str) -> dict[str, float]:
     folder = workdir / f"criteo_{rows}_x{days}"
     run_child(_DATA_CHILD.format(folder=str(folder), per_day=rows // days, days=days,
@@ -163,6 +198,9 @@ def measure(workdir: Path, rows: int, days: int, budget: str) -> dict[str, float
     out["end_to_end_ratio"] = (lay["ingest_s"] + lay["layout_s"]) / parse["seconds"]
     # counting covers the training partitions; compare with their share of the parse
     out["count_ratio"] = lay["count_s"] / parse["seconds"]
+    floor = run_child(_FLOOR_CHILD.format(root=str(root)))
+    out["io_floor_ratio"] = (parse["seconds"] + 2 * floor["write_s"] + floor["read_s"]) / parse["seconds"]
+    out["io_floor"] = floor
     return out
 
 
@@ -197,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
               f"peak RSS {r['peak_mb']:.0f} MB; vocabularies {r['vocab_rows']:,} rows "
               f"(~{r['vocab_mb']:.0f} MB as value/count/id)")
         print("  layout stages (s): " + ", ".join(f"{k} {v}" for k, v in r["stages"].items()))
+        f = r["io_floor"]
+        print(f"  I/O floor (parse + write the ingested rows + read them + write them again, "
+              f"lz4, writes on both cores, in memory): {r['io_floor_ratio']:.2f}x parse "
+              f"(write {f['write_s']:.2f}s, read {f['read_s']:.2f}s); what is left of the "
+              f"3.0x for all computing: {max(0.0, 3.0 - r['io_floor_ratio']) * r['parse_s']:.2f}s")
     print(f"counting vs FAE's released profiler loop: "
           f"{result['count_speedup_vs_fae_profiler']:.0f}x faster per row (peer measured on "
           f"{peer['rows']:,} sampled rows, {1e6 * peer['seconds'] / peer['rows']:.1f} us/row; "
