@@ -121,8 +121,7 @@ class DLRM(nn.Module):
     looked-up (and, for lists, pooled) embeddings in feature order. Returns ``[B]`` logits.
     """
 
-    _li: torch.Tensor
-    _lj: torch.Tensor
+    _pairs: torch.Tensor
 
     def __init__(self, config: DLRMConfig, seed: int = 0) -> None:
         super().__init__()
@@ -133,18 +132,24 @@ class DLRM(nn.Module):
         self.top = _mlp([config.interaction_dim, *config.top_mlp], g, last_relu=False)
         n = config.num_sparse + (1 if config.num_dense else 0)
         li, lj = torch.tril_indices(n, n, offset=-1)
-        self.register_buffer("_li", li, persistent=False)
-        self.register_buffer("_lj", lj, persistent=False)
+        # The strictly lower triangle as positions in the flattened [F, F] dot matrix: an
+        # index_select, whose backward is an index_add, where z[:, li, lj]'s backward is
+        # an accumulating index_put (twice as slow on the CPU, a sort on CUDA). Same values.
+        self.register_buffer("_pairs", li * n + lj, persistent=False)
 
     def forward(self, dense: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
         if self.bottom is None:  # no dense features: the embeddings interact alone
             z = torch.bmm(embedded, embedded.transpose(1, 2))  # [B, F, F]
-            return self.top(z[:, self._li, self._lj]).squeeze(1)
+            return self.top(self._lower(z)).squeeze(1)
         x = self.bottom(dense)  # [B, d]
         t = torch.cat([x.unsqueeze(1), embedded], dim=1)  # [B, F+1, d]
         z = torch.bmm(t, t.transpose(1, 2))  # [B, F+1, F+1]
-        dots = z[:, self._li, self._lj]  # strictly lower triangle: each pair once
+        dots = self._lower(z)  # strictly lower triangle: each pair once
         return self.top(torch.cat([x, dots], dim=1)).squeeze(1)
+
+    def _lower(self, z: torch.Tensor) -> torch.Tensor:
+        """``z[:, li, lj]`` for the strictly lower triangle ``(li, lj)``: ``[B, pairs]``."""
+        return z.flatten(1).index_select(1, self._pairs)
 
 
 def init_table(vocab_size: int, dim: int, generator: torch.Generator) -> torch.Tensor:

@@ -120,3 +120,22 @@ def test_no_dense_features_means_no_bottom_mlp() -> None:
     torch.testing.assert_close(logits, model.top(z[:, li, lj]).squeeze(1))
     with pytest.raises(TrainerError, match="at least 2 sparse features"):
         DLRMConfig(num_dense=0, num_sparse=1, embedding_dim=4, bottom_mlp=(4,))
+
+
+def test_dlrm_interaction_matches_pairwise_dots_written_out() -> None:
+    """DLRM's interaction against plain loops: the bottom MLP's output and every pair
+    (i > j) of [x, e_1, ..., e_F] dotted once, row by row, then the top MLP."""
+    from trainer.model import DLRM, DLRMConfig
+
+    cfg = DLRMConfig(num_dense=3, num_sparse=4, embedding_dim=2, bottom_mlp=(5, 2),
+                     top_mlp=(6, 1))
+    model = DLRM(cfg, seed=3)
+    dense, embedded = torch.randn(7, 3), torch.randn(7, 4, 2)
+    x = model.bottom(dense)
+    rows = []
+    for b in range(7):
+        vectors = [x[b], *embedded[b]]
+        dots = [float(vectors[i] @ vectors[j]) for i in range(len(vectors)) for j in range(i)]
+        rows.append([*x[b].tolist(), *dots])
+    want = model.top(torch.tensor(rows)).squeeze(1)
+    torch.testing.assert_close(model(dense, embedded), want)
