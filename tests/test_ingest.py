@@ -378,7 +378,8 @@ def test_crlf_reject_raw_has_no_line_ending(tmp_path: Path, kaggle_lines: list[b
 @pytest.mark.parametrize(
     ("field", "value"),
     [(0, b"00"), (0, b"-0"), (0, b" 1"), (0, b"1 "), (1, b" 5"), (1, b"5 "), (1, b"+5"),
-     (1, b"05"), (1, b"-0"), (14, b"68FD1E64"), (14, b" 8fd1e64"), (2, b"\x0b5"), (2, b"5\x7f")],
+     (1, b"05"), (1, b"-0"), (14, b"68FD1E64"), (14, b" 8fd1e64"), (2, b"\x0b5"), (2, b"5\x7f"),
+     (1, b"0x10"), (2, b"0XFFFFFFFF"), (14, b"0x8fd1e6")],
 )
 def test_verdict_does_not_depend_on_neighbours(tmp_path: Path, kaggle_lines: list[bytes],
                                                field: int, value: bytes) -> None:
@@ -427,6 +428,19 @@ def test_taobao_faults(shared_data: Path, tmp_path: Path) -> None:
         "control character 0x09 at column 6",
     ]
     assert_matches_reference(tmp_path / "root", data, "taobao", result)
+
+
+def test_hex_integers_are_refused_in_a_clean_block(shared_data: Path, tmp_path: Path) -> None:
+    """Arrow's integer parser reads "0x10" as 16; a line with one is refused even when
+    every other line of its block is clean (once stored 0xFFFFFFFF as -1)."""
+    lines = (shared_data / TAOBAO_USER).read_bytes()[:-1].split(b"\n")[:500]
+    lines[7] = b"0x10,0xFF,3,pv,1511658000"
+    src = tmp_path / "tb.csv"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    result = ingest(src, tmp_path / "root", "taobao", max_reject_fraction=0.01)
+    assert (result.rows_ok, result.rows_rejected) == (499, 1)
+    [(line, _, reason)] = rejects_of(load(tmp_path / "root", "taobao")[2])
+    assert (line, reason) == (8, "user_id (field 1): expected an id in 0..4294967295, found '0x10'")
 
 
 # --- whole-file failures --------------------------------------------------------------
