@@ -20,7 +20,9 @@ block :mod:`fae_data.blocks`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import uuid
 from collections import Counter
@@ -35,7 +37,7 @@ import pyarrow.parquet as pq
 
 from fae_data import schema
 from fae_data.block_reader import _decompressed, _HashingReader, _processed_blocks
-from fae_data.errors import InputError
+from fae_data.errors import InputError, StorageError
 from fae_data.partition import (
     INGESTED_DIR,
     PARTITION_FORMAT,
@@ -135,7 +137,19 @@ def ingest_source(
     check_name(partition, "partition")
     with storage.lock(INGESTED_DIR, dataset, f".{partition}.lock",
                       what=f"partition {dataset}/{partition}"):
-        return _ingest(source, storage, dataset, partition, params, progress)
+        try:
+            return _ingest(source, storage, dataset, partition, params, progress)
+        except BaseException:
+            _drop_empty_folder(storage, partition_dir(dataset, partition))
+            raise
+
+
+def _drop_empty_folder(storage: Storage, folder: tuple[str, ...]) -> None:
+    """Remove a partition folder a failed first ingest left empty: layouts list every
+    folder of a dataset as a partition, and an empty one would stop them."""
+    if storage.is_local and not storage.listdir(*folder):
+        with contextlib.suppress(OSError):
+            os.rmdir(storage.path(*folder))
 
 
 def _ingest(
@@ -160,7 +174,13 @@ def _ingest(
     if size == 0:
         raise InputError(f"{source}: empty file, expected {fmt.kind} records")
 
-    old = read_marker(storage, dataset, partition)
+    replacing = True
+    try:
+        old = read_marker(storage, dataset, partition)
+        replacing = old is not None
+    except StorageError as exc:  # a damaged marker: this run replaces it
+        log.warning("%s; ingesting it again", exc)
+        old = None
     if old is not None and old.get("parser") == _parser_tag(params):
         digest = file_sha256(fs, src_path)
         if old.get("source", {}).get("sha256") == digest:
@@ -186,7 +206,7 @@ def _ingest(
         stream = _decompressed(raw, hashing)
         result = _write_partition(stream, hashing, source, storage, dataset, partition, fmt,
                                   params, progress)
-    status = "written" if old is None else "replaced"
+    status = "replaced" if replacing else "written"
     marker = _marker(result, params, hashing.hash.hexdigest(), size)
     storage.write_json_atomic(marker, *folder, PARTITION_MARKER)
     _remove_unreferenced(storage, folder, marker)

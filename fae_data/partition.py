@@ -68,11 +68,49 @@ def partition_dir(dataset: str, partition: str) -> tuple[str, str, str]:
 
 
 def read_marker(storage: Storage, dataset: str, partition: str) -> dict[str, Any] | None:
-    """The committed ``_partition.json`` of a partition, or None if it has none."""
+    """The committed ``_partition.json`` of a partition, or None if it has none.
+
+    Raises :class:`StorageError` naming the file when it is not a marker this version
+    wrote (not JSON, or fields missing or inconsistent): rerunning ``fae ingest`` on the
+    partition's source replaces it.
+    """
     parts = (*partition_dir(dataset, partition), PARTITION_MARKER)
     if not storage.exists(*parts):
         return None
-    return dict(storage.read_json(*parts))
+    try:
+        marker = storage.read_json(*parts)
+        problem = marker_problem(marker)
+    except StorageError as exc:
+        problem = str(exc).removeprefix(f"{storage.display(*parts)}: ")
+    if problem is not None:
+        raise StorageError(
+            f"{storage.display(*parts)}: not a valid partition marker ({problem}); ingest the "
+            f"partition's source again (`fae ingest SRC --partition {partition}`) to replace it"
+        )
+    return dict(marker)
+
+
+def marker_problem(marker: Any) -> str | None:
+    """What makes ``marker`` unusable as a partition marker, or None when it is one."""
+    if not isinstance(marker, dict):
+        return f"a JSON {type(marker).__name__}, expected an object"
+    for key in ("data", "rejects", "kind"):
+        value = marker.get(key)
+        if not isinstance(value, str) or not value or "/" in value:
+            return f"{key!r} is {value!r}, expected a file name"
+    counts = {}
+    for key in ("rows_in", "rows_ok", "rows_rejected"):
+        value = marker.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"{key!r} is {value!r}, expected a count"
+        counts[key] = value
+    if counts["rows_in"] != counts["rows_ok"] + counts["rows_rejected"]:
+        return "rows_in is not rows_ok + rows_rejected"
+    source = marker.get("source")
+    if not isinstance(source, dict) or not isinstance(source.get("url"), str) or not \
+            isinstance(source.get("sha256"), str):
+        return "'source' lacks its url or sha256"
+    return None
 
 
 def _parser_tag(params: IngestParams) -> str:

@@ -137,7 +137,9 @@ def resolve_inputs(storage: Storage, params: LayoutParams) -> Inputs:
         if marker is None:
             raise InputError(
                 f"partition {n!r} of dataset {params.dataset!r} is missing or incomplete "
-                f"(no {storage.display(*partition_dir(params.dataset, n), '_partition.json')})"
+                f"(no {storage.display(*partition_dir(params.dataset, n), '_partition.json')}: "
+                "never ingested, or its ingest was interrupted; run `fae ingest` on its "
+                "source, or remove the folder)"
             )
         damage = partition_damage(storage, partition_dir(params.dataset, n), marker)
         if damage is not None:

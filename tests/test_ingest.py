@@ -31,8 +31,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from fae_data import schema, synth
-from fae_data.errors import InputError
+from fae_data.errors import InputError, StorageError
 from fae_data.ingest import IngestParams, PartitionResult, ingest_source
+from fae_data.partition import read_marker
 from fae_data.storage import Storage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -857,6 +858,47 @@ def test_rerun_repairs_a_damaged_partition(shared_data: Path, tmp_path: Path, da
     assert new_table.equals(table) and new_rejects.equals(rejects)
     assert folder_files(root) == sorted([MARKER, new_marker["data"], new_marker["rejects"]])
     assert ingest(src, root).status == "unchanged"
+
+
+@pytest.mark.parametrize("marker_text", ["{}", "[]", "{bad", "rows"])
+def test_rerun_replaces_a_damaged_marker(shared_data: Path, tmp_path: Path,
+                                         marker_text: str) -> None:
+    """A _partition.json that is not a marker (edited, truncated, or of some other tool)
+    is refused by layouts with its name and the remedy, and a rerun of ingest replaces it
+    (it once crashed with a KeyError, or refused forever)."""
+    src = shared_data / KAGGLE
+    root = tmp_path / "root"
+    ingest(src, root)
+    marker, table, _ = load(root)
+    path = part_dir(root) / MARKER
+    if marker_text == "rows":
+        path.write_text(json.dumps({**marker, "rows_in": "abc"}))
+    else:
+        path.write_text(marker_text)
+    with pytest.raises(StorageError, match=r"_partition.json: not a valid partition marker .*"
+                                           r"fae ingest SRC --partition p"):
+        read_marker(Storage(str(root)), "criteo", "p")
+    again = ingest(src, root)
+    assert again.status == "replaced"
+    new_marker, new_table, _ = load(root)
+    assert new_table.equals(table)
+    assert folder_files(root) == sorted([MARKER, new_marker["data"], new_marker["rejects"]])
+
+
+def test_a_failed_first_ingest_leaves_no_partition_folder(shared_data: Path,
+                                                          tmp_path: Path) -> None:
+    """Layouts list every folder of a dataset as a partition: an empty one left by a
+    failed first ingest (here a truncated gzip) stopped them until removed by hand."""
+    import gzip
+
+    root = tmp_path / "root"
+    ingest(shared_data / KAGGLE, root, partition="good")
+    bad = tmp_path / "bad.tsv.gz"
+    bad.write_bytes(gzip.compress((shared_data / KAGGLE).read_bytes())[:5000])
+    with pytest.raises(InputError, match="gzip"):
+        ingest(bad, root, partition="bad")
+    assert sorted(p.name for p in (root / "ingested" / "criteo").iterdir()) == [".bad.lock",
+                                                                              ".good.lock", "good"]
 
 
 @pytest.fixture(scope="module")
