@@ -57,7 +57,7 @@ def _layout_params(
     dims = []
     for item in table_dim or []:
         name, _, value = item.partition("=")
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):
             raise InputError(f"--table-dim {item!r}: expected TABLE=DIM, e.g. C3=32")
         dims.append((name, int(value)))
     return LayoutParams(

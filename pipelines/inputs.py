@@ -18,7 +18,13 @@ import polars as pl
 from fae_data import manifest as mf
 from fae_data import schema
 from fae_data.errors import InputError
-from fae_data.partition import INGESTED_DIR, partition_damage, partition_dir, read_marker
+from fae_data.partition import (
+    INGESTED_DIR,
+    check_name,
+    partition_damage,
+    partition_dir,
+    read_marker,
+)
 from fae_data.plan import parse_budget
 from fae_data.shard import InputPart, LayoutColumns
 from fae_data.storage import Storage
@@ -58,8 +64,26 @@ class LayoutParams:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPE_BYTES:
             raise InputError(f"dtype {self.dtype!r} unknown: use one of {', '.join(DTYPE_BYTES)}")
-        if self.embedding_dim < 1 or any(d < 1 for _, d in self.table_dims):
+        check_name(self.dataset, "dataset")
+        for what, names in (("partition", self.partitions), ("val partition", self.val),
+                            ("test partition", self.test)):
+            for n in names:
+                check_name(n, what)
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:  # a partition listed twice would have its rows laid out twice
+                raise InputError(f"{what} {twice[0]!r} is given more than once")
+        if self.embedding_dim < 1:
             raise InputError(f"embedding dims must be >= 1, found {self.embedding_dim}")
+        for table, dim in self.table_dims:
+            if not table:
+                raise InputError(f"per-table dim {table}={dim}: the table name is missing")
+            if dim < 1:
+                raise InputError(f"embedding dims must be >= 1, found {dim} for table {table}")
+        tables = [t for t, _ in self.table_dims]
+        if len(set(tables)) != len(tables):
+            raise InputError(f"per-table dims name a table twice: {', '.join(tables)}")
+        if not 0 <= self.seed < 2**63:
+            raise InputError(f"seed ({self.seed}) must be in [0, 2**63)")
         if self.optimizer_slots < 0:
             raise InputError(f"optimizer_slots ({self.optimizer_slots}) must be >= 0")
         if self.batch_size < 1:
@@ -161,12 +185,21 @@ def resolve_inputs(storage: Storage, params: LayoutParams) -> Inputs:
         path = "/".join((*partition_dir(params.dataset, n), m["data"]))
         parts.append(InputPart(n, path, rows, tuple(ranges)))
         refs.append(mf.PartitionRef(n, path, rows, m["source"]["sha256"]))
+    columns = layout_columns(kind)
+    unknown = sorted(set(dict(params.table_dims)) - set(columns.sparse.values()))
+    if unknown:
+        raise InputError(f"per-table dim for {unknown[0]!r}: dataset {params.dataset!r} has no "
+                         f"such table (its tables: {', '.join(sorted(set(columns.sparse.values())))})")
     if kind == "taobao":
         parts = _taobao_samples(storage, params, parts, refs)
     if sum(p.rows for p in parts) == 0:
         raise InputError(f"dataset {params.dataset!r}: the selected partitions hold zero rows")
+    if not any(s == "train" and end > start for p in parts for s, start, end in p.ranges):
+        raise InputError(f"dataset {params.dataset!r}: no training rows in "
+                         f"{', '.join(split['train']) or 'the training partitions'} (the "
+                         "vocabularies are built from them)")
     return Inputs(
-        kind, layout_columns(kind), tuple(parts), tuple(refs), split,
+        kind, columns, tuple(parts), tuple(refs), split,
         rows_in=sum(int(m["rows_in"]) for m in markers.values()),
         rows_rejected=sum(int(m["rows_rejected"]) for m in markers.values()),
     )

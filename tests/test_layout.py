@@ -447,6 +447,31 @@ def test_partial_counts_with_a_string_table_column_still_load(tmp_path, syntheti
         run_layout(str(root), LayoutParams(budget="64KiB", batch_size=128))
 
 
+@pytest.mark.parametrize(("params", "match"), [
+    ({"partitions": ("day_0", "day_0", "day_1")}, "partition 'day_0' is given more than once"),
+    ({"val": ("day_2", "day_2")}, "val partition 'day_2' is given more than once"),
+    ({"dataset": "../ingested/criteo"}, "dataset name '../ingested/criteo' is not allowed"),
+    ({"partitions": ("../criteo/day_0", "day_1")}, "partition name '../criteo/day_0'"),
+    ({"seed": -1}, r"seed \(-1\) must be in"),
+    ({"table_dims": (("C3", 0),)}, "found 0 for table C3"),
+    ({"table_dims": (("", 8),)}, "table name is missing"),
+    ({"table_dims": (("C3", 8), ("C3", 4))}, "name a table twice"),
+])
+def test_bad_layout_parameters_are_refused(params, match):
+    """Each once did damage or crashed: a repeated partition laid its rows out twice (and
+    verify passed), '..' names wrote counts outside counts/, seed -1 was a traceback."""
+    with pytest.raises(InputError, match=match):
+        LayoutParams(**params)
+
+
+def test_unknown_per_table_dim_is_refused(tmp_path, synthetic_days):
+    """A --table-dim for a table the dataset lacks used to be ignored (yet gave a new
+    layout id, so a duplicate layout)."""
+    with pytest.raises(InputError, match="per-table dim for 'C99'.*no such table"):
+        build(tmp_path / "r", synthetic_days, budget="64KiB", table_dims=(("C99", 32),))
+    assert not (tmp_path / "r" / "layouts" / "LATEST").exists()
+
+
 def test_manifest_pointing_outside_is_refused(tmp_path, synthetic_days):
     _, layout_dir = build(tmp_path / "r", synthetic_days, budget="64KiB", batch_size=128)
     path = layout_dir / "manifest.json"

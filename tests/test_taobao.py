@@ -358,3 +358,26 @@ def test_single_item_log_cannot_give_negatives():
 def test_columns_constant_matches_ingested_names():
     assert set(TAOBAO_SAMPLE_COLUMNS) >= {"user_id", "item_id", "category_id", "timestamp"}
     assert set(TAOBAO_COLUMNS) - set(TAOBAO_SAMPLE_COLUMNS) == {"behavior_type"}
+
+
+def test_a_taobao_layout_without_training_samples_is_refused(tmp_path: Path) -> None:
+    """A training partition holding only each user's first event makes no samples (no
+    history): the layout once published with empty vocabularies and no training shard."""
+    from fae_data.ingest import IngestParams
+    from pipelines.ingest import run_ingest
+    from pipelines.layout import LayoutParams, run_layout
+
+    _need(USER_ORDER)
+    events = pl.read_csv(USER_ORDER, has_header=False, new_columns=list(TAOBAO_COLUMNS),
+                         n_rows=20000).with_row_index()
+    first = events.sort(["user_id", "timestamp", "index"]).group_by(
+        "user_id", maintain_order=True).head(1)
+    rest = events.join(first.select("index"), on="index", how="anti")
+    (tmp_path / "a_first.csv").write_text(first.drop("index").write_csv(include_header=False))
+    (tmp_path / "b_rest.csv").write_text(rest.drop("index").write_csv(include_header=False))
+    root = str(tmp_path / "root")
+    run_ingest([str(tmp_path / "a_first.csv"), str(tmp_path / "b_rest.csv")], root,
+               IngestParams("taobao"))
+    with pytest.raises(InputError, match="no training rows in a_first"):
+        run_layout(root, LayoutParams(dataset="taobao", val=("b_rest",), budget="64KiB"))
+    assert not (tmp_path / "root" / "layouts" / "LATEST").exists()
