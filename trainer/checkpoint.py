@@ -84,6 +84,20 @@ def save(folder: str | os.PathLike[str], step: int, payload: dict[str, Any]) -> 
     return final
 
 
+def check_folder(folder: str | os.PathLike[str]) -> None:
+    """Create ``folder`` and write a probe file there, so that an unusable checkpoint
+    folder is refused before the first step, not after a whole epoch of training."""
+    out = Path(folder)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".tmp-{os.getpid()}-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CheckpointError(f"--checkpoint {folder}: cannot write checkpoints there "
+                              f"({exc.strerror or exc})") from None
+
+
 def resolve(path: str | os.PathLike[str]) -> Path:
     """A checkpoint file, or the one ``LATEST`` names in a checkpoint folder."""
     p = Path(path)

@@ -102,8 +102,10 @@ def _human(s: dict[str, Any]) -> str:
         r = s.get(name)
         if not r:
             return f"{name} -"
-        auc = "nan" if r["auc"] is None else f"{r['auc']:.4f}"
-        return f"{name} auc {auc} logloss {r['logloss']:.4f} acc {r['accuracy']:.4f}"
+        shown = {k: "nan" if r.get(k) is None else f"{r[k]:.4f}"
+                 for k in ("auc", "logloss", "accuracy")}
+        return (f"{name} auc {shown['auc']} logloss {shown['logloss']} "
+                f"acc {shown['accuracy']}")
 
     sec = s["seconds"]
     rate = s["samples_per_s"] or 0.0

@@ -3,6 +3,7 @@ fields) and the choice of device."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -53,7 +54,12 @@ class TrainConfig:
              f"optimizer {self.optimizer!r}: use {'|'.join(SPARSE_OPTIMIZERS)}"),
             (self.decay in DECAYS, f"decay {self.decay!r}: use {'|'.join(DECAYS)}"),
             (self.device in DEVICES, f"device {self.device!r}: use {'|'.join(DEVICES)}"),
-            (self.lr > 0, f"lr ({self.lr}) must be > 0"),
+            (math.isfinite(self.lr) and self.lr > 0, f"lr ({self.lr}) must be finite and > 0"),
+            (0 <= self.seed < 2**63, f"seed ({self.seed}) must be in [0, 2**63)"),
+            (math.isfinite(self.adapt_tolerance) and self.adapt_tolerance >= 0,
+             f"adapt_tolerance ({self.adapt_tolerance}) must be finite and >= 0"),
+            *((value is None or value >= 1, f"{name} ({value}) must be >= 1") for name, value in (
+                ("eval_batches", self.eval_batches), ("decay_steps", self.decay_steps))),
             (self.epochs >= 1, f"epochs ({self.epochs}) must be >= 1"),
             (self.max_steps is None or self.max_steps >= 0,
              f"max_steps ({self.max_steps}) must be >= 0"),

@@ -15,14 +15,15 @@ _EPS = 1e-7
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC of ``scores`` for binary ``labels``; NaN when one class is absent."""
+    """ROC AUC of ``scores`` for binary ``labels``; NaN when one class is absent or a
+    score is not finite (a diverged model: its AUC is undefined, not 0.5)."""
     y = np.asarray(labels).astype(bool).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
     if y.shape != s.shape:
         raise ValueError(f"labels {y.shape} and scores {s.shape} differ in shape")
     pos = int(y.sum())
     neg = y.size - pos
-    if pos == 0 or neg == 0:
+    if pos == 0 or neg == 0 or not np.isfinite(s).all():
         return float("nan")
     _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
     ends = np.cumsum(counts)  # 1-based rank of the last member of each tie group

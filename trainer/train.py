@@ -81,10 +81,12 @@ class Trainer:
         if resume is not None:
             ckpt_io.check_vocab(resume["vocab"], self.fingerprint, resume["layout_id"],
                                 m.layout_id)
-            if resume["config"]["optimizer"] != config.optimizer:
-                raise CheckpointError(
-                    f"{resume['path']} was trained with --optimizer "
-                    f"{resume['config']['optimizer']}, not {config.optimizer}")
+            for option in ("optimizer", "seed"):  # the seed orders every epoch's minibatches
+                if resume["config"].get(option) != getattr(config, option):
+                    raise CheckpointError(
+                        f"{resume['path']} was trained with --{option} "
+                        f"{resume['config'].get(option)}, not {getattr(config, option)}; "
+                        f"resume with --{option} {resume['config'].get(option)}")
         self.device = resolve_device(config.device, ctx)
         sch = self.reader.schema
         self.model_config = (DLRMConfig.from_dict(resume["model_config"]) if resume else
@@ -119,6 +121,13 @@ class Trainer:
             else torch.optim.Adagrad(params, lr=config.lr, eps=1e-10))
         self.pin = self.device.type == "cuda" and config.placement != "cpu"
 
+        if config.schedule == "adaptive" and not self.reader.refs("val"):
+            raise TrainerError("--schedule adaptive needs validation minibatches in the layout "
+                               f"(layout {m.layout_id} has none): its held-out loss decides "
+                               "the switching rate")
+        if config.checkpoint and self.is_main:
+            ckpt_io.check_folder(config.checkpoint)
+
         # -- schedule and counters -------------------------------------------------------
         hot = self.reader.refs("train", "hot")
         cold = [r for r in self.reader.refs("train") if self.reader.kind(r) != "hot"]
@@ -140,6 +149,7 @@ class Trainer:
         self._mark = (0, 0, 0.0)  # step, samples, train seconds at the last log line
         if resume is not None:
             self._restore(resume)
+        self._samples_at_start = self.samples  # the rate counts this process's samples
 
     # -- learning rate -------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -322,10 +332,12 @@ class Trainer:
                         self._probe()
                         continue
                     break
+                if self.queue[0][0] != self.epoch:
+                    # Before the next epoch's first minibatch leaves the queue: a checkpoint
+                    # written here must still list it as pending.
+                    ended, self.epoch = self.epoch, self.queue[0][0]
+                    self._evaluate_all(f"epoch {ended} end")
                 epoch, refs, kind = self.queue.popleft()
-                if epoch != self.epoch:
-                    self._evaluate_all(f"epoch {self.epoch} end")
-                    self.epoch = epoch
                 batch = pre.get() if self.rank < len(refs) else None
                 self._enter(kind)
                 total = sum(self.reader.rows(r) for r in refs)
@@ -343,6 +355,9 @@ class Trainer:
         if self._loss_steps:
             self._log_interval()
         self._evaluate_all(f"epoch {self.epoch} end" if done else "end")
+        if self.is_main and any(math.isnan(r.get("logloss", 0.0) or 0.0) for r in (
+                self.last_eval.get("val") or {}, self.last_eval.get("test") or {})):
+            log.warning("the model's predictions are not finite: training diverged; lower --lr")
         return self.summary()
 
     def _log_interval(self) -> None:
@@ -373,7 +388,7 @@ class Trainer:
             "device": str(self.device), "optimizer": self.cfg.optimizer,
             "schedule": self.cfg.schedule, "world_size": self.world, "steps": self.step,
             "epoch": self.epoch, "samples": self.samples, "train_seconds": secs,
-            "samples_per_s": self.samples / secs if secs > 0 else None,
+            "samples_per_s": (self.samples - self._samples_at_start) / secs if secs > 0 else None,
             "seconds": {**self.seconds, "sync": self.placement.sync_seconds},
             "switches": self.switches, "syncs": self.placement.copies,
             "run_length": self.schedule.run_length, "val": self.last_eval.get("val"),

@@ -10,6 +10,7 @@ import pytest
 import torch
 from trainer_testlib import CPU_TINY, Layouts
 
+from trainer.errors import CheckpointError, TrainerError
 from trainer.cli import main
 from trainer.train import TrainConfig, Trainer
 
@@ -63,6 +64,31 @@ def test_resume_equals_uninterrupted(layouts: Layouts, tmp_path: Path, optimizer
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=k)
+
+
+def test_resume_from_an_epoch_end_checkpoint(layouts: Layouts, tmp_path: Path) -> None:
+    """The checkpoint written at an epoch's end (the only one by default) once lacked the
+    next epoch's first minibatch: a resumed run trained one step less, to other weights."""
+    common = {"lr": 0.05, "epochs": 2, "switch_every": 3}
+    straight = Trainer(config(layouts.criteo, checkpoint=str(tmp_path), **common))
+    straight.fit()
+    per_epoch = straight.steps_per_epoch
+    resumed = Trainer(config(layouts.criteo, resume=str(tmp_path / f"ckpt-{per_epoch:08d}.pt"),
+                             **common))
+    assert (resumed.step, resumed.epoch) == (per_epoch, 1)
+    resumed.fit()
+    assert resumed.step == straight.step == 2 * per_epoch
+    a, b = params(resumed), params(straight)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=k)
+
+
+def test_resume_with_another_seed_is_refused(layouts: Layouts, tmp_path: Path) -> None:
+    """The seed orders every epoch's minibatches: another seed on resume once visited some
+    minibatches twice and others never."""
+    Trainer(config(layouts.criteo, max_steps=3, checkpoint=str(tmp_path), seed=5)).fit()
+    with pytest.raises(CheckpointError, match="trained with --seed 5, not 0; resume with --seed 5"):
+        Trainer(config(layouts.criteo, resume=str(tmp_path), seed=0))
 
 
 def test_resume_on_other_hot_rows(layouts: Layouts, tmp_path: Path) -> None:
@@ -139,3 +165,40 @@ def test_dlrm_interaction_matches_pairwise_dots_written_out() -> None:
         rows.append([*x[b].tolist(), *dots])
     want = model.top(torch.tensor(rows)).squeeze(1)
     torch.testing.assert_close(model(dense, embedded), want)
+
+
+def test_a_diverged_run_reports_nan_not_a_traceback(layouts: Layouts, capsys, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A learning rate far too high: the summary says nan (AUC included, not 0.5) and a
+    warning says why; it used to end in a TypeError formatting the summary."""
+    code = main([layouts.criteo, "--max-steps", "3", "--lr", "1e30", "--eval-batches", "2",
+                 "--bottom-mlp", "32-16", "--top-mlp", "32-1", "--device", "cpu"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "test auc nan logloss nan" in out
+    assert any("training diverged" in r.getMessage() for r in caplog.records)
+
+
+def test_adaptive_schedule_without_validation_is_refused_up_front(
+        layouts: Layouts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused before the first step, not after the first --adapt-every steps."""
+    from trainer.data import LayoutReader
+
+    refs = LayoutReader.refs
+    monkeypatch.setattr(LayoutReader, "refs", lambda self, split, kind=None:
+                        [] if split == "val" else refs(self, split, kind))
+    with pytest.raises(TrainerError, match="adaptive needs validation minibatches"):
+        Trainer(config(layouts.criteo, schedule="adaptive"))
+
+
+@pytest.mark.parametrize(("option", "value", "match"), [
+    ("seed", -1, r"seed \(-1\) must be in"),
+    ("lr", float("inf"), "finite"),
+    ("eval_batches", 0, r"eval_batches \(0\) must be >= 1"),
+    ("eval_batches", -1, r"eval_batches \(-1\)"),
+    ("decay_steps", -5, r"decay_steps \(-5\)"),
+    ("adapt_tolerance", float("nan"), "adapt_tolerance"),
+])
+def test_bad_options_are_refused(layouts: Layouts, option: str, value: object,
+                                 match: str) -> None:
+    with pytest.raises(TrainerError, match=match):
+        config(layouts.criteo, **{option: value})
