@@ -49,7 +49,14 @@ from pipelines.profile import (  # noqa: F401
     run_vocab,
     table_specs,
 )
-from pipelines.publish import VOCAB_DIR, build_dirs, check_files, layout_lock, prune_layout
+from pipelines.publish import (
+    VOCAB_DIR,
+    build_dirs,
+    check_files,
+    layout_lock,
+    missing_files,
+    prune_layout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +154,15 @@ def run_layout(
             log.warning("%s; rebuilding the layout", exc)
             done = None
         if done is not None and not force:
-            point_latest(storage, lid)
-            return LayoutResult(lid, "unchanged", storage.display(*folder, mf.MANIFEST), done)
+            missing = missing_files(storage, done)
+            if not missing:
+                point_latest(storage, lid)
+                return LayoutResult(lid, "unchanged", storage.display(*folder, mf.MANIFEST),
+                                    done)
+            # Like a re-ingest of a damaged partition: build it again beside the published
+            # files, which stay until the new manifest replaces theirs.
+            log.warning("layout %s: %d file(s) of the published layout are missing (%s); "
+                        "rebuilding it", lid, len(missing), ", ".join(missing[:3]))
 
         vocabs, planned = profile_layout(storage, inputs, params, step=step, progress=progress)
         hot_rows = planned.plan["hot_rows"]

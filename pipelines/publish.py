@@ -50,9 +50,21 @@ def _layout_files(manifest: mf.Manifest) -> list[str]:
 def check_files(storage: Storage, manifest: mf.Manifest) -> None:
     """Refuse to publish a manifest that names a missing file (removed by a concurrent
     build of the same layout, for instance): better a failed run than a broken layout."""
+    missing = missing_files(storage, manifest)
+    if missing:
+        raise StorageError(
+            f"layout {manifest.layout_id}: {len(missing)} file(s) of this build are gone "
+            f"before its manifest was written ({', '.join(missing[:3])}); another build of "
+            "the same layout may have removed them. Nothing was published; run again"
+        )
+
+
+def missing_files(storage: Storage, manifest: mf.Manifest) -> list[str]:
+    """The shard and vocabulary files ``manifest`` names that are not in its folder (one
+    listing per folder, not one request per file)."""
     folder = mf.layout_folder(manifest.layout_id)
     storage.fs.invalidate_cache(storage.path(*folder))  # files other workers wrote
-    listed: dict[str, set[str]] = {}  # one listing per folder, not one request per file
+    listed: dict[str, set[str]] = {}
     missing = []
     for path in _layout_files(manifest):
         sub, _, name = path.rpartition("/")
@@ -60,12 +72,7 @@ def check_files(storage: Storage, manifest: mf.Manifest) -> None:
             listed[sub] = set(storage.listdir(*folder, *([sub] if sub else [])))
         if name not in listed[sub]:
             missing.append(path)
-    if missing:
-        raise StorageError(
-            f"layout {manifest.layout_id}: {len(missing)} file(s) of this build are gone "
-            f"before its manifest was written ({', '.join(missing[:3])}); another build of "
-            "the same layout may have removed them. Nothing was published; run again"
-        )
+    return missing
 
 
 def prune_layout(storage: Storage, manifest: mf.Manifest) -> None:

@@ -472,6 +472,20 @@ def test_unknown_per_table_dim_is_refused(tmp_path, synthetic_days):
     assert not (tmp_path / "r" / "layouts" / "LATEST").exists()
 
 
+def test_rerun_rebuilds_a_published_layout_with_missing_files(tmp_path, synthetic_days):
+    """A rerun once answered "unchanged" for a layout whose shard was deleted (and pointed
+    LATEST at it); now it rebuilds it, byte for byte, like a re-ingest repairs a partition."""
+    root = tmp_path / "r"
+    m, layout_dir = build(root, synthetic_days, budget="64KiB", batch_size=128)
+    victim = layout_dir / m.shards[-1].path
+    victim.unlink()
+    again = run_layout(str(root), LayoutParams(budget="64KiB", batch_size=128))
+    assert again.status == "published"
+    assert [s.sha256 for s in again.manifest.shards] == [s.sha256 for s in m.shards]
+    assert all(c.ok for c in verify_layout(*mf.load(str(layout_dir))))
+    assert run_layout(str(root), LayoutParams(budget="64KiB", batch_size=128)).status == "unchanged"
+
+
 def test_manifest_pointing_outside_is_refused(tmp_path, synthetic_days):
     _, layout_dir = build(tmp_path / "r", synthetic_days, budget="64KiB", batch_size=128)
     path = layout_dir / "manifest.json"
