@@ -174,13 +174,13 @@ def _ingest(
     if size == 0:
         raise InputError(f"{source}: empty file, expected {fmt.kind} records")
 
-    replacing = True
     try:
         old = read_marker(storage, dataset, partition)
-        replacing = old is not None
     except StorageError as exc:  # a damaged marker: this run replaces it
         log.warning("%s; ingesting it again", exc)
-        old = None
+        old, replacing = None, True
+    else:
+        replacing = old is not None
     if old is not None and old.get("parser") == _parser_tag(params):
         digest = file_sha256(fs, src_path)
         if old.get("source", {}).get("sha256") == digest:

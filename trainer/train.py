@@ -355,8 +355,8 @@ class Trainer:
         if self._loss_steps:
             self._log_interval()
         self._evaluate_all(f"epoch {self.epoch} end" if done else "end")
-        if self.is_main and any(math.isnan(r.get("logloss", 0.0) or 0.0) for r in (
-                self.last_eval.get("val") or {}, self.last_eval.get("test") or {})):
+        if self.is_main and not all(math.isfinite(self.last_eval[s]["logloss"])
+                                    for s in ("val", "test") if s in self.last_eval):
             log.warning("the model's predictions are not finite: training diverged; lower --lr")
         return self.summary()
 
