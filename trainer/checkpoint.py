@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,10 @@ from trainer.errors import CheckpointError
 
 FORMAT = "fae.trainer-checkpoint/v1"
 LATEST = "LATEST"
+#: What :meth:`trainer.train.Trainer` reads back from a checkpoint.
+REQUIRED = ("config", "model_config", "step", "epoch", "samples", "layout_id", "vocab",
+            "model", "dense_optimizer", "embedding", "schedule", "pending", "rng")
+_TMP = ".tmp-"
 
 
 def vocab_fingerprint(reader: LayoutReader) -> dict[str, Any]:
@@ -75,13 +81,34 @@ def save(folder: str | os.PathLike[str], step: int, payload: dict[str, Any]) -> 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     final = out / f"ckpt-{step:08d}.pt"
-    tmp = out / f".tmp-{os.getpid()}-{final.name}"
+    _remove_stale_temporaries(out)
+    tmp = out / f"{_TMP}{os.getpid()}-{final.name}"
     torch.save({"format": FORMAT, **payload}, tmp)
     os.replace(tmp, final)
-    latest_tmp = out / f".tmp-{os.getpid()}-{LATEST}"
+    latest_tmp = out / f"{_TMP}{os.getpid()}-{LATEST}"
     latest_tmp.write_text(final.name + "\n")
     os.replace(latest_tmp, out / LATEST)
     return final
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Delete the half-written files of saves whose process is gone (killed mid-save):
+    a checkpoint can be as large as the embedding tables, and nothing else removes them.
+    A live process's temporaries (another run writing into the same folder) stay."""
+    for tmp in folder.glob(f"{_TMP}*"):
+        pid = tmp.name[len(_TMP):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def check_folder(folder: str | os.PathLike[str]) -> None:
@@ -90,7 +117,7 @@ def check_folder(folder: str | os.PathLike[str]) -> None:
     out = Path(folder)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".tmp-{os.getpid()}-probe"
+        probe = out / f"{_TMP}{os.getpid()}-probe"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
@@ -113,13 +140,35 @@ def resolve(path: str | os.PathLike[str]) -> Path:
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint (tensors land on the CPU); refuse anything that is not one."""
     p = resolve(path)
+    if not zipfile.is_zipfile(p):  # torch.save writes zip archives (mmap needs one)
+        raise CheckpointError(f"{p}: not a readable trainer checkpoint (not a torch.save "
+                              "archive: truncated, or another kind of file)")
     try:
         # mmap: the tables are read as they are copied into place, not all up front
         data = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise CheckpointError(f"{p}: not a readable trainer checkpoint ({exc})") from None
+    except pickle.UnpicklingError as exc:  # weights_only refused an object
+        raise CheckpointError(
+            f"{p}: refused, it holds Python objects beyond tensors and plain data "
+            f"({_unpickler_reason(exc)}); checkpoints are read with weights_only=True, "
+            "never unpickled") from None
+    except Exception as exc:  # noqa: BLE001 - any other failure means "not a checkpoint"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{p}: not a readable trainer checkpoint ({first})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"{p}: format {found!r}, expected {FORMAT!r}")
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise CheckpointError(f"{p}: an incomplete {FORMAT} checkpoint, without "
+                              f"{', '.join(missing)}; resume from another checkpoint")
     data["path"] = str(p)
     return data
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """The one line of torch's weights_only refusal that names the object (its message is
+    a page of advice, part of which is to load without weights_only)."""
+    for line in str(exc).splitlines():
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0]
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -18,10 +18,12 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from fae_data.errors import FaeError, os_error_message
 from trainer import distributed as dp
+from trainer.checkpoint import LATEST
 from trainer.embedding import SPARSE_OPTIMIZERS
 from trainer.model import LIST_POOLINGS
 from trainer.placement import MODES
@@ -116,6 +118,16 @@ def _human(s: dict[str, Any]) -> str:
             + (f"\ncheckpoint {s['checkpoint']}" if s["checkpoint"] else ""))
 
 
+def _resumable(checkpoint: str | None) -> str:
+    """What an interrupted run left to resume from (checkpoints are written whole, then
+    renamed, so the newest one is intact)."""
+    if checkpoint and (Path(checkpoint) / LATEST).is_file():
+        return f"continue from the last checkpoint with --resume {checkpoint}"
+    if checkpoint:
+        return f"no checkpoint was written to {checkpoint} yet (one follows each evaluation)"
+    return "nothing was saved (--checkpoint DIR makes a run resumable)"
+
+
 def _quiet_broken_pipe() -> int:
     """When stdout's reader went away (``fae-train ... | head``): no traceback; stdout is
     pointed at /dev/null so that the interpreter's final flush does not fail again.
@@ -147,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {os_error_message(exc)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"interrupted: {_resumable(args.checkpoint)}", file=sys.stderr)
+        return 130
     if ctx is None or ctx.is_main:
         try:
             print(json.dumps(summary, indent=2) if args.json else _human(summary), flush=True)

@@ -65,6 +65,22 @@ def _bottom_widths(widths: tuple[int, ...], dim: int) -> tuple[int, ...]:
     return widths
 
 
+def _check_model_options(config: TrainConfig, saved: DLRMConfig, path: str) -> None:
+    """A resumed run takes its model's shape from the checkpoint; an explicitly given
+    shape option that says otherwise is refused rather than silently ignored (an option
+    left at its default follows the checkpoint)."""
+    defaults = TrainConfig.__dataclass_fields__
+    for option in ("bottom_mlp", "top_mlp", "list_pooling"):
+        given, had = getattr(config, option), getattr(saved, option)
+        if given != defaults[option].default and given != had:
+            flag = "--" + option.replace("_", "-")
+            had_s, given_s = ("-".join(map(str, v)) if isinstance(v, tuple) else str(v)
+                              for v in (had, given))
+            raise CheckpointError(f"{path} was trained with {flag} {had_s}, not {given_s}; "
+                                  f"resume without {flag} (or with {had_s}), or train a new "
+                                  "model without --resume")
+
+
 class Trainer:
     """One training run over one layout (one rank of it under torchrun)."""
 
@@ -94,6 +110,8 @@ class Trainer:
                                         _bottom_widths(config.bottom_mlp, self.reader.dim),
                                         config.top_mlp, config.list_pooling))
         mc = self.model_config
+        if resume is not None:
+            _check_model_options(config, mc, resume["path"])
         if (mc.num_dense, mc.num_sparse, mc.embedding_dim) != (
                 len(sch.dense), sch.num_sparse, self.reader.dim):
             raise CheckpointError("the checkpoint's model does not fit this layout's columns")

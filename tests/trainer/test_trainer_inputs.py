@@ -202,3 +202,84 @@ def test_stream_reads_minibatches_in_order(layouts: Layouts) -> None:
     direct = pq.ParquetFile(reader.store.path(m.shards[refs[1].shard].path)).read_row_group(
         refs[1].group)
     assert b.ids[0].tolist() == direct["C1"].to_pylist()
+
+
+def test_resume_with_another_model_shape_is_refused(layouts: Layouts, tmp_path: Path) -> None:
+    """Resume takes the model's shape from the checkpoint: a shape option that says
+    otherwise was silently ignored; now it is refused, while leaving it out still works."""
+    Trainer(TrainConfig(layouts.criteo, max_steps=2, log_every=0, eval_batches=1,
+                        checkpoint=str(tmp_path), **CPU_TINY)).fit()  # type: ignore[arg-type]
+    other = {**CPU_TINY, "bottom_mlp": (64, 16)}
+    with pytest.raises(CheckpointError, match="trained with --bottom-mlp 32-16, not 64-16; "
+                                              "resume without --bottom-mlp"):
+        Trainer(TrainConfig(layouts.criteo, resume=str(tmp_path), **other))  # type: ignore[arg-type]
+    with pytest.raises(CheckpointError, match="trained with --list-pooling mean, not sum"):
+        Trainer(TrainConfig(layouts.criteo, resume=str(tmp_path), list_pooling="sum",
+                            **CPU_TINY))  # type: ignore[arg-type]
+    resumed = Trainer(TrainConfig(layouts.criteo, resume=str(tmp_path), device="cpu"))
+    assert resumed.model_config.bottom_mlp == (32, 16)  # the checkpoint's, not the default
+
+
+def test_damaged_checkpoints_are_named(layouts: Layouts, tmp_path: Path) -> None:
+    """An incomplete checkpoint was a KeyError deep in the trainer; a file holding Python
+    objects got torch's page of advice (including "load it with weights_only=False")."""
+    import argparse
+
+    import torch
+
+    from trainer import checkpoint as ckpt_io
+
+    Trainer(TrainConfig(layouts.criteo, max_steps=2, log_every=0, eval_batches=1,
+                        checkpoint=str(tmp_path / "ck"), **CPU_TINY)).fit()  # type: ignore[arg-type]
+    saved = ckpt_io.load(tmp_path / "ck")
+    del saved["path"], saved["schedule"], saved["pending"]
+    torch.save(saved, tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError, match=r"partial.pt: an incomplete "
+                       r"fae.trainer-checkpoint/v1 checkpoint, without schedule, pending;"):
+        ckpt_io.load(tmp_path / "partial.pt")
+    torch.save({"format": ckpt_io.FORMAT, "options": argparse.Namespace()}, tmp_path / "obj.pt")
+    with pytest.raises(CheckpointError) as info:
+        ckpt_io.load(tmp_path / "obj.pt")
+    message = str(info.value)
+    assert "refused, it holds Python objects" in message and "argparse.Namespace" in message
+    assert "weights_only=False" not in message and "\n" not in message
+    (tmp_path / "half.pt").write_bytes((tmp_path / "partial.pt").read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="half.pt: not a readable trainer checkpoint"):
+        ckpt_io.load(tmp_path / "half.pt")
+
+
+def test_a_killed_save_leaves_no_temporary_behind(layouts: Layouts, tmp_path: Path) -> None:
+    """A save killed mid-write left a ``.tmp-<pid>-ckpt-*.pt`` as large as the tables for
+    ever; the next save removes those of dead processes (and keeps a live one's)."""
+    import os
+
+    dead = tmp_path / ".tmp-999999999-ckpt-00000004.pt"  # above any pid_max: no such process
+    live = tmp_path / f".tmp-{os.getppid()}-ckpt-00000004.pt"
+    for f in (dead, live):
+        f.write_bytes(b"half a checkpoint")
+    Trainer(TrainConfig(layouts.criteo, max_steps=2, log_every=0, eval_batches=1,
+                        checkpoint=str(tmp_path), **CPU_TINY)).fit()  # type: ignore[arg-type]
+    assert not dead.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "LATEST", "ckpt-00000002.pt"]
+
+
+def test_ctrl_c_is_one_line(layouts: Layouts, tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl-C printed a traceback; now one line saying what can be resumed, exit 130."""
+    import trainer.cli as cli
+
+    def interrupted(*_args, **_kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "train", interrupted)
+    assert main([layouts.criteo, "--quiet"]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "interrupted: nothing was saved (--checkpoint DIR makes a run resumable)"]
+    ck = tmp_path / "ck"
+    assert main([layouts.criteo, "--quiet", "--checkpoint", str(ck)]) == 130
+    assert "no checkpoint was written to" in capsys.readouterr().err
+    Trainer(TrainConfig(layouts.criteo, max_steps=1, log_every=0, eval_batches=1,
+                        checkpoint=str(ck), **CPU_TINY)).fit()  # type: ignore[arg-type]
+    assert main([layouts.criteo, "--quiet", "--checkpoint", str(ck)]) == 130
+    assert capsys.readouterr().err.strip() == (
+        f"interrupted: continue from the last checkpoint with --resume {ck}")
