@@ -1,7 +1,8 @@
 """Helpers of the trainer tests: small model sizes, the session's layouts, and a
-hand-written Taobao-like layout with list columns (the pipeline does not build Taobao
-layouts yet). A module with its own name, so tests import it unambiguously (there is more
-than one ``conftest`` in the tree)."""
+hand-written Taobao-like layout with list columns whose hot rows are known by
+construction (tests on the pipeline's own Taobao layout of the real sample are in
+``test_trainer_placement``). A module with its own name, so tests import it unambiguously
+(there is more than one ``conftest`` in the tree)."""
 
 from __future__ import annotations
 
