@@ -15,6 +15,15 @@ the state with them, exactly:
   sparse rule, initial accumulator 0)
 
 where ``u`` are the unique rows of the minibatch and ``g`` their summed gradients.
+
+On a CUDA device the store is *static* (:attr:`EmbeddingStore.static`): ``torch.unique``
+must copy its result's length to the host, a synchronisation per step that stops the CPU
+from queueing the next kernels while the GPU works, and the hot steps are bound by that
+CPU side. A static store deduplicates by sorting into a buffer as long as the minibatch's
+ids (:func:`dedupe`): the unique rows first, then padding that repeats the largest row,
+so shapes depend on the minibatch size only and nothing waits for the GPU. The update
+is the same, bit for bit (see :meth:`EmbeddingStore.apply`). On the CPU the exact
+``torch.unique`` is kept: there is no sync to avoid, and fewer rows to gather and update.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ class EmbeddingStore:
         device: torch.device,
         optimizer: str,
         eps: float = ADAGRAD_EPS,
+        static: bool | None = None,
     ) -> None:
         if optimizer not in SPARSE_OPTIMIZERS:
             from trainer.errors import TrainerError
@@ -52,6 +62,7 @@ class EmbeddingStore:
         self.device = device
         self.optimizer = optimizer
         self.eps = eps
+        self.static = device.type == "cuda" if static is None else static
         total = sum(self.rows)
         self.weight = torch.zeros(total, dim, device=device)
         self.state = torch.zeros(total, dim, device=device) if optimizer == "adagrad" else None
@@ -70,15 +81,27 @@ class EmbeddingStore:
         return torch.tensor([self.offsets[t] for t in tables], dtype=torch.int64,
                             device=self.device)
 
-    def apply(self, uniq: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
-        """Update the rows ``uniq`` (unique global rows) with their gradients ``grad``.
+    def unique(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(uniq, inverse)`` of the global rows ``flat``, ``uniq[inverse] == flat``:
+        exactly unique rows, or under :attr:`static` a padded buffer (:func:`dedupe`)."""
+        if self.static:
+            return dedupe(flat)
+        return torch.unique(flat, return_inverse=True)
 
-        Gather, update, scatter back: because ``uniq`` holds each row once this equals an
-        ``index_add_`` (bit for bit: ``w - lr*g``), and on the CPU it is about 4x faster on
-        large tables, where ``index_add_`` is the cold minibatches' costliest update.
+    def apply(self, uniq: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
+        """Update the rows ``uniq`` with their gradients ``grad``.
+
+        Gather, update, scatter back: with each row once this equals an ``index_add_``
+        (bit for bit: ``w - lr*g``), and on the CPU it is about 4x faster on large tables,
+        where ``index_add_`` is the cold minibatches' costliest update. A static store's
+        padding repeats the largest row: it is given that row's gradient, so every copy
+        computes the same new values and the scatter writes one result, bit for bit the
+        dynamic store's.
         """
         if uniq.numel() == 0:
             return
+        if self.static:
+            grad = grad.index_select(0, _first_copies(uniq))
         if self.state is None:
             step = grad
         else:
@@ -86,6 +109,34 @@ class EmbeddingStore:
             self.state.index_copy_(0, uniq, s)
             step = grad / s.sqrt_().add_(self.eps)
         self.weight.index_copy_(0, uniq, self.weight.index_select(0, uniq).sub_(step, alpha=lr))
+
+
+def _first_copies(uniq: torch.Tensor) -> torch.Tensor:
+    """For every slot of a :func:`dedupe` buffer, the slot holding the first copy of its
+    value: itself, except padding, which maps to the largest value's first slot. Found
+    without a host sync (the buffer is sorted; padding repeats its last value)."""
+    first_of_last = (uniq < uniq[-1]).sum()
+    return torch.minimum(torch.arange(uniq.numel(), device=uniq.device), first_of_last)
+
+
+def dedupe(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(flat, return_inverse=True)`` without learning how many are unique.
+
+    Returns ``uniq`` as long as ``flat``: the sorted unique values, then the largest
+    value repeated (padding), and ``inverse`` with ``uniq[inverse] == flat`` pointing at
+    the first copies only, so padding slots get a zero gradient. Every shape depends on
+    ``len(flat)`` alone: no host synchronisation, no dynamic allocation.
+    """
+    if flat.numel() == 0:
+        return flat, flat
+    ordered, perm = torch.sort(flat)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    torch.ne(ordered[1:], ordered[:-1], out=starts[1:])
+    slot = torch.cumsum(starts, 0) - 1  # position in uniq of each sorted value
+    inverse = torch.empty_like(slot).scatter_(0, perm, slot)
+    # Slots past the last unique value keep the largest value: a valid row of the table.
+    uniq = ordered[-1:].expand_as(ordered).clone().scatter_(0, slot, ordered)
+    return uniq, inverse
 
 
 def coalesce(uniq: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

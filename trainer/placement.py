@@ -55,7 +55,7 @@ class Lookup:
     """What a training step needs to update the rows it looked up."""
 
     store: EmbeddingStore
-    uniq: torch.Tensor  # unique global rows of the store, on the store's device
+    uniq: torch.Tensor  # unique global rows of the store (see EmbeddingStore.unique)
     leaf: torch.Tensor | None  # [F, B, dim] looked-up vectors on the store's device
     scalar_index: torch.Tensor  # position in uniq of every scalar id, feature-major
     bags: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per list: positions, lengths
@@ -188,7 +188,7 @@ class Placement:
             parts.append(values.to(dev, non_blocking=True) + base)
         flat = torch.cat(parts) if len(parts) > 1 else parts[0]
         # One unique over every feature: a row shared by two columns gets one gradient.
-        uniq, inverse = torch.unique(flat, return_inverse=True)
+        uniq, inverse = store.unique(flat)
         rows = store.weight.index_select(0, uniq)
         n_features = batch.ids.shape[0]
         n_scalar = n_features * nb

@@ -191,7 +191,8 @@ class Trainer:
         """
         lr = self.lr_at(self.step)
         self.placement.prepare(kind)
-        self.model.train()
+        if not self.model.training:  # after an evaluation (a walk over every module)
+            self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         if batch is not None:
             embedded, lookup = self.placement.lookup(batch, kind)
