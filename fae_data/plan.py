@@ -61,6 +61,7 @@ __all__ = [
     "bytes_per_row",
     "default_sweep_budgets",
     "knee_index",
+    "no_hot_rows_reason",
     "parse_budget",
     "plan_hot_rows",
     "predicted_hot_fraction",
@@ -79,3 +80,21 @@ def plan_hot_rows(tables: Sequence[TableSpec], params: PlanParams) -> Plan:
     """
     prep = _Prepared(tables, params.dtype_bytes, params.optimizer_slots)
     return _plan(prep, params.budget_bytes)
+
+
+def no_hot_rows_reason(tables: Sequence[TableSpec], params: PlanParams) -> str | None:
+    """Why the plan for ``params.budget_bytes`` serves no access at all, or None.
+
+    Not an error, but a caller should say so. The usual case is a table whose id 0 is never
+    accessed (no nulls, ``min_count`` 1, e.g. Taobao): id 1 can only be hot after id 0, so
+    the first useful hot prefix costs two rows and a budget below two rows buys nothing;
+    that empty plan is optimal. (When id 0 is accessed but rarer than id 1, the rule above
+    pairs them too, and a budget between one and two rows could have bought id 0 alone.)
+    The message names the table, the bytes of its cheapest hot prefix and how a row's bytes
+    arise. None also when the tables have no accesses at all.
+
+    Raises:
+        InputError: as :func:`plan_hot_rows`.
+    """
+    prep = _Prepared(tables, params.dtype_bytes, params.optimizer_slots)
+    return prep.nothing_useful(params.budget_bytes)

@@ -90,6 +90,49 @@ class _Prepared:
             f"(1+{self.optimizer_slots} slots)); give at least {b} B"
         )
 
+    def useful_bytes(self, t: int) -> int | None:
+        """GPU bytes of the first item the greedy can take from table ``t``, its head: row
+        0, or rows 0 and 1 together when row 0 is rarer than row 1 (None when the table has
+        no accesses: it gets no hot row)."""
+        if int(self.tables[t].counts[: self.head_rows[t]].sum()) == 0:
+            return None
+        return self.head_rows[t] * self.row_bytes[t]
+
+    def nothing_useful(self, budget: int) -> str | None:
+        """Why the plan for ``budget`` covers no access although the tables have some, or
+        None when it covers some (or there are none).
+
+        The greedy takes a table's head item whenever it fits the whole budget, so a plan
+        covers nothing exactly when the budget is below every table's head
+        (:meth:`useful_bytes`) and below all rows.
+        """
+        if budget >= self.total_bytes:
+            return None
+        costs = [(c, t) for t in range(len(self.tables))
+                 if (c := self.useful_bytes(t)) is not None]
+        if not costs:
+            return None
+        cost, t = min(costs)
+        if budget >= cost:
+            return None
+        table, b = self.tables[t], self.row_bytes[t]
+        c0 = int(table.counts[0])
+        if self.head_rows[t] == 1:
+            head = f"id 0, 1 row of {b} B"
+        elif c0 == 0:
+            head = (f"ids 0 and 1, 2 rows x {b} B: id 1 ({int(table.counts[1])} accesses) "
+                    "can only be hot after id 0 (null/unseen/rare), which is never accessed")
+        else:
+            head = (f"ids 0 and 1, 2 rows x {b} B: id 0 (null/unseen/rare, {c0} accesses) "
+                    f"is rarer than id 1 ({int(table.counts[1])}), so the two are hot "
+                    "together or not at all")
+        return (
+            f"no hot rows: budget {budget} B is below the cheapest hot prefix of any table, "
+            f"{cost} B for table {table.name} ({head}; one row = dim {table.dim} x "
+            f"{self.dtype_bytes} B x (1+{self.optimizer_slots} slots)); give at least "
+            f"{cost} B for any hot row"
+        )
+
 
 def _greedy(prep: _Prepared, budget: int) -> list[int]:
     """k_t per table by the rule in the :mod:`fae_data.plan` docstring; at most T+1

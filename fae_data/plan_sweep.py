@@ -76,13 +76,21 @@ def default_sweep_budgets(
     return [int(x) for x in np.unique(raw)]
 
 
-def knee_index(xs: Sequence[float], ys: Sequence[float], log_x: bool = True) -> int:
-    """Index of the knee of an increasing, concave-ish curve (Kneedle style).
+def knee_index(xs: Sequence[float], ys: Sequence[float], log_x: bool = True) -> int | None:
+    """Index of the knee of an increasing, concave-ish curve (Kneedle style), or None when
+    the curve has no knee.
 
     ``x`` (its log when ``log_x``, the default, for budgets in bytes) and ``y`` are each
     scaled to [0, 1] by their min and max; the knee is the point furthest above the chord
     from the first to the last point, i.e. the largest ``y_norm - x_norm``. Ties go to the
     smallest index; a flat ``y`` gives index 0 (more budget buys nothing).
+
+    A knee is where more budget starts to buy less per byte, which only a concave stretch
+    has: a point above the chord. When no point lies above it (a straight or convex curve,
+    e.g. a hot-input fraction that stays near zero until most rows fit, as on Taobao) every
+    further byte buys at least as much as the last and there is no point of diminishing
+    returns in the range: None. (The plain maximum would be 0 there, at the chord's ends,
+    and name the smallest budget, the worst choice on such a curve.)
 
     Raises:
         InputError: empty or unequal lengths, non-finite values, or ``x <= 0`` with ``log_x``.
@@ -104,7 +112,15 @@ def knee_index(xs: Sequence[float], ys: Sequence[float], log_x: bool = True) -> 
         span = v.max() - v.min()
         return (v - v.min()) / span if span > 0 else np.zeros_like(v)
 
-    return int(np.argmax(unit(y) - unit(x)))
+    above = unit(y) - unit(x)
+    if y.max() > y.min() and above.max() <= _ABOVE_CHORD:
+        return None
+    return int(np.argmax(above))
+
+
+#: How far above the chord (in the unit square) a point must lie to be a knee: float
+#: rounding of points on a straight line must not make one.
+_ABOVE_CHORD = 1e-9
 
 
 def predicted_hot_fraction(ids: Mapping[str, np.ndarray], hot_rows: Mapping[str, int]) -> float:

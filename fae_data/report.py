@@ -285,6 +285,9 @@ def _sweep_section(m: Manifest, plan: dict[str, Any] | None, problem: str | None
         if knee == pts[0]["budget_bytes"]:
             line += (" (the smallest budget swept: the curve has no concave knee, so read the "
                      "chart rather than this number)")
+    elif knee is None and len(pts) >= 3:
+        line += ("; no knee: the hot-input curve is straight or convex over the budgets swept "
+                 "(each further byte buys at least as much as the last), so read the chart")
     out.append(f"<p class=\"note\">{_e(line)}. Lines: share of lookups served by hot rows, and "
                "share of sampled training rows whose ids are all hot, at each budget.</p>")
     return "\n".join(out)

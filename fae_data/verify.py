@@ -3,8 +3,9 @@
 Checks: every shard and vocabulary file exists with the recorded size and sha256; every
 shard's row groups are whole minibatches (only a marked last one may be short); shard
 columns match the manifest; ids lie inside their vocabularies; the hot invariant holds
-(every id in a hot shard is below k_t; every cold row has at least one id >= k_t); and
-the row counts add up to the manifest's statistics.
+(every id in a hot shard is below k_t; every cold row has at least one id >= k_t); the
+row counts add up to the manifest's statistics; and (Criteo) each split's shards hold
+exactly the rows of the partitions it was built from.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fae_data.errors import StorageError
-from fae_data.manifest import Manifest, ShardRef, type_name
+from fae_data.manifest import SPLITS, Manifest, ShardRef, type_name
 from fae_data.storage import Storage
 
 
@@ -46,6 +48,7 @@ def verify_layout(
     checks.append(_vocabularies(manifest, store))
     checks.append(_batches_and_columns(manifest, store))
     checks.append(_row_totals(manifest))
+    checks.append(_partition_rows(manifest))
     if deep:
         checks.append(_hot_invariant(manifest, store, tick))
     return checks
@@ -139,6 +142,67 @@ def _row_totals(m: Manifest) -> Check:
     stated = {k: v for k, v in m.stats.get("rows_by_split_and_kind", {}).items() if v}
     ok = dict(totals) == stated
     return Check("row totals", ok, f"shards {dict(totals)} vs stats {stated}")
+
+
+def _partition_rows(m: Manifest) -> Check:
+    """The shards' rows per split against the rows of the partitions they were built from.
+
+    The manifest records every input partition's rows (``dataset.partitions``, the rows
+    ingest kept), the split (``params.split``: which partitions are train, val and test;
+    ``last-day-halves`` gives the first ``rows // 2`` rows of the last partition to val
+    and the rest to test) and what ingest read and rejected (``stats.rows_in``,
+    ``stats.rows_rejected``). A Criteo row is one training input, so each split's shards
+    must hold exactly its partitions' rows: a shard dropped from the manifest, or rows of
+    a partition that never reached a shard, show here even when
+    ``rows_by_split_and_kind`` agrees with the shards. A Taobao partition's rows are
+    behaviour events, and the manifest does not record how many samples each partition
+    gave, so for Taobao only the partitions' rows against ``rows_in - rows_rejected`` are
+    checked.
+    """
+    parts = {p.name: p.rows for p in m.dataset.partitions}
+    problems = []
+    rows_in, rejected = m.stats.get("rows_in"), m.stats.get("rows_rejected")
+    if isinstance(rows_in, int) and isinstance(rejected, int) \
+            and sum(parts.values()) != rows_in - rejected:
+        problems.append(f"partitions hold {sum(parts.values()):,} rows, but stats say "
+                        f"{rows_in:,} read - {rejected:,} rejected = {rows_in - rejected:,}")
+    found: Counter[str] = Counter()
+    for s in m.shards:
+        found[s.split] += s.rows
+    split = m.params.get("split")
+    if m.dataset.kind != "criteo":
+        note = (f"{m.dataset.kind} shards hold samples, and the manifest does not record "
+                "how many each partition gave: shard rows not compared")
+    elif not isinstance(split, dict) or any(not isinstance(split.get(s), list) for s in SPLITS):
+        problems.append(f"params.split is {split!r}: expected lists of train, val and test "
+                        "partitions, so the shard rows cannot be checked")
+        note = ""
+    else:
+        unknown = sorted({n for s in SPLITS for n in split[s]} - set(parts))
+        if unknown:
+            problems.append(f"params.split names partitions {unknown} that "
+                            "dataset.partitions does not list")
+        expected = _split_rows(parts, split)
+        for s in SPLITS:
+            if found[s] != expected[s]:
+                problems.append(
+                    f"{s} shards hold {found[s]:,} rows, but partitions "
+                    f"{', '.join(split[s]) or '(none)'} hold {expected[s]:,}"
+                    + (" (the last one halved into val and test)"
+                       if split.get("mode") == "last-day-halves" and s != "train" else "")
+                )
+        note = ", ".join(f"{s} {expected[s]:,}" for s in SPLITS) + " rows as partitioned"
+    return Check("rows vs partitions", not problems, "; ".join(problems[:5]) or
+                 f"{len(parts)} partitions, {sum(parts.values()):,} rows; {note}")
+
+
+def _split_rows(parts: dict[str, int], split: dict[str, Any]) -> dict[str, int]:
+    """Rows per split that the partitions give under ``split`` (unknown names count 0)."""
+    rows = {s: sum(parts.get(n, 0) for n in split[s]) for s in SPLITS}
+    if split.get("mode") == "last-day-halves":  # one partition, halved in row order
+        total = sum(parts.get(n, 0) for n in split["val"])
+        rows["val"], rows["test"] = total // 2, total - total // 2
+    return rows
 
 
 def _hot_invariant(m: Manifest, store: Storage, tick: ProgressFn) -> Check:

@@ -185,7 +185,8 @@ def plan(
     outcome = _guarded(debug, go)
     payload = {"plan": outcome.plan, "predicted_hot_input_fraction":
                outcome.predicted_hot_input_fraction, "sample_rows": outcome.sample_rows,
-               "sweep": outcome.sweep, "knee_budget_bytes": outcome.knee_budget_bytes}
+               "sweep": outcome.sweep, "knee_budget_bytes": outcome.knee_budget_bytes,
+               "notes": outcome.notes}
 
     def human() -> None:
         p = outcome.plan
@@ -205,6 +206,10 @@ def plan(
                               f"{pt['hot_access_coverage']:.1%}",
                               f"{(pt['hot_input_fraction'] or 0):.1%}", mark)
             out.print(table)
+            if outcome.knee_budget_bytes is None:
+                out.print("no knee: the hot-input fraction rises at least as fast per byte "
+                          "as the budget grows (a straight or convex curve), so no budget "
+                          "marks where more memory stops paying; read the table")
 
     _emit(as_json, payload, human)
 

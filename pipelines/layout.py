@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fae_data import __version__
@@ -67,6 +67,7 @@ class LayoutResult:
     status: str  # "published" | "unchanged"
     manifest_path: str
     manifest: mf.Manifest
+    notes: list[str] = field(default_factory=list)  # the plan's warnings (PlanOutcome.notes)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +77,7 @@ class LayoutResult:
             "stats": self.manifest.stats,
             "tables": [asdict(t) for t in self.manifest.tables],
             "shards": len(self.manifest.shards),
+            "notes": list(self.notes),
         }
 
 
@@ -180,7 +182,7 @@ def run_layout(
         step("publishing")
         manifest = build_manifest(lid, inputs, params, tables, written, planned)
         path = commit_layout(storage, manifest, planned)
-    return LayoutResult(lid, "published", path, manifest)
+    return LayoutResult(lid, "published", path, manifest, list(planned.notes))
 
 
 def write_vocabs(

@@ -33,7 +33,7 @@ from typing import Any
 import polars as pl
 
 from fae_data import manifest as mf
-from fae_data.errors import InputError, StorageError
+from fae_data.errors import InputError, ManifestError, StorageError
 from fae_data.shard import (
     InputPart,
     ShardGeometry,
@@ -66,7 +66,7 @@ from pipelines.layout import (
     shard_params,
     write_vocabs,
 )
-from pipelines.publish import build_dirs
+from pipelines.publish import build_dirs, missing_files
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +153,12 @@ def prepare(
     """Stage 1: counts (cached), vocabularies and the hot-row plan; writes
     ``vocab/<table>.parquet`` and ``_build/plan.json``.
 
-    Returns ``layout_id``, ``status`` (``unchanged``: the layout is already published and
-    not ``force``d, there is nothing to do; ``planned``), ``partitions`` (every input
-    partition, to encode; empty when unchanged), ``streams`` (to cut) and the geometry.
-    A rerun finds plan.json and returns at once (``force`` starts over).
+    Returns ``layout_id``, ``status`` (``unchanged``: the layout is already published,
+    every file its manifest names is there, and it is not ``force``d, there is nothing to
+    do; ``planned``), ``partitions`` (every input partition, to encode; empty when
+    unchanged), ``streams`` (to cut) and the geometry. A published layout with missing
+    files is rebuilt beside them, like :func:`pipelines.layout.run_layout` does. A rerun
+    finds plan.json and returns at once (``force`` starts over).
 
     Raises:
         InputError: the layout id is not ``expected_id`` (the inputs changed since the
@@ -169,11 +171,22 @@ def prepare(
         raise InputError(f"the input partitions changed since layout {expected_id} was "
                          f"requested (their layout is now {lid}); run again")
     folder = mf.layout_folder(lid)
+    published_dirs: set[str] = set()
     if storage.exists(*folder, mf.MANIFEST) and not force:
-        if storage.exists(*build_folder(lid)):  # a publish that stopped before cleaning up
-            storage.remove(*build_folder(lid), recursive=True)
-        return {"layout_id": lid, "status": "unchanged", "partitions": [], "streams": []}
+        done = _published(storage, lid)
+        missing = missing_files(storage, done)
+        if not missing:
+            if storage.exists(*build_folder(lid)):  # a publish that stopped before cleaning up
+                storage.remove(*build_folder(lid), recursive=True)
+            return {"layout_id": lid, "status": "unchanged", "partitions": [], "streams": []}
+        # As run_layout does: build it again beside the published files (which stay until
+        # the new manifest replaces theirs), resuming a repair that a crash interrupted.
+        log.warning("layout %s: %d file(s) of the published layout are missing (%s); "
+                    "rebuilding it", lid, len(missing), ", ".join(missing[:3]))
+        published_dirs = {s.path.split("/")[0] for s in done.shards}
     build = None if force else _read_plan(storage, lid)
+    if build is not None and build.shard_dir in published_dirs:
+        build = None  # the staging files of the build that was published, not a repair's
     if build is None:
         published = storage.exists(*folder, mf.MANIFEST)
         if published:  # the forced rebuild: the published files stay until publish
@@ -257,13 +270,21 @@ def publish(root: str, lid: str) -> LayoutResult:
     already published) it only returns the published manifest, status ``unchanged``.
 
     Raises:
-        StorageError: prepare has not run, or a stream has not been cut yet.
+        StorageError: prepare has not run, or a stream has not been cut yet, or there is
+            no build and files of the published layout are missing (prepare rebuilds it).
     """
     storage = Storage(root)
     build = _load(storage, lid)
     if build is None:
         manifest = existing_layout(storage, lid)
         assert manifest is not None  # _load returns None only for a published layout
+        missing = missing_files(storage, manifest)
+        if missing:  # never call a broken layout unchanged, nor point LATEST at it
+            raise StorageError(
+                f"layout {lid}: {len(missing)} file(s) of the published layout are missing "
+                f"({', '.join(missing[:3])}) and no rebuild is staged; rerun the prepare "
+                "stage (the `plan` task), which rebuilds it"
+            )
         point_latest(storage, lid)
         return LayoutResult(lid, "unchanged",
                             storage.display(*mf.layout_folder(lid), mf.MANIFEST), manifest)
@@ -289,6 +310,21 @@ def _read_plan(storage: Storage, lid: str) -> BuildPlan | None:
                            f"describe layout {lid}; remove {storage.display(*build_folder(lid))} "
                            "and rerun")
     return build
+
+
+def _published(storage: Storage, lid: str) -> mf.Manifest:
+    """The published manifest of ``lid`` (which must exist).
+
+    Raises:
+        ManifestError: the published manifest is unreadable (a forced rebuild repairs it).
+    """
+    try:
+        manifest = existing_layout(storage, lid)
+    except ManifestError as exc:
+        raise ManifestError(f"{exc}; a forced rebuild (`force`) with the same parameters "
+                            "rebuilds the layout") from None
+    assert manifest is not None  # the caller saw its manifest.json
+    return manifest
 
 
 def _load(storage: Storage, lid: str) -> BuildPlan | None:

@@ -7,6 +7,7 @@ the hot rows k_t under the budget and predicts the hot-input fraction on a row s
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -26,12 +27,13 @@ from fae_data.counts import (
     sample_mask,
     to_frame,
 )
-from fae_data.errors import StorageError
+from fae_data.errors import InputError, StorageError
 from fae_data.plan import (
     PlanParams,
     TableSpec,
     default_sweep_budgets,
     knee_index,
+    no_hot_rows_reason,
     plan_hot_rows,
     sweep_budgets,
 )
@@ -47,10 +49,16 @@ from pipelines.inputs import (
     resolve_inputs,
 )
 
+log = logging.getLogger(__name__)
+
 COUNTS_DIR = "counts"
 #: Rows sampled to predict the hot-input fraction of a budget: its standard error is at
 #: most 0.5/sqrt(n), 0.22 percentage points here, well below what a budget choice needs.
 _PLAN_SAMPLE_ROWS = 50_000
+#: Training rows a sampled profile should see: the standard error of a share measured on
+#: them (access coverage, the hot set) is then at most 0.5/sqrt(n), half a percentage point.
+#: A rate expected to sample fewer draws a warning; one that samples no access is refused.
+_MIN_SAMPLED_ROWS = 10_000
 _COUNT_CHUNK_ROWS = 1_000_000
 _PLAN_CHUNK_ROWS = 262_144
 
@@ -214,20 +222,61 @@ def hot_fraction(sample: Mapping[str, np.ndarray], hot_rows: Mapping[str, int]) 
 class PlanOutcome:
     plan: dict[str, Any]  # fae_data.plan.Plan.to_dict()
     sweep: list[dict[str, Any]]
-    knee_budget_bytes: int | None
+    knee_budget_bytes: int | None  # None: no sweep, or a curve without a knee
     predicted_hot_input_fraction: float
     sample_rows: int
     sampling: dict[str, Any] = field(default_factory=dict)
+    #: Warnings a caller shows beside the plan (a sparse sample, a budget that buys nothing).
+    notes: list[str] = field(default_factory=list)
+
+
+def check_sample(inputs: Inputs, vocabs: Vocabs, sampling_rate: float) -> str | None:
+    """Refuse a profile sampled so sparsely that it counted no access; warn of a thin one.
+
+    Returns a warning when the rate is expected to sample fewer than
+    :data:`_MIN_SAMPLED_ROWS` training rows (None otherwise, and for exact counts).
+
+    Raises:
+        InputError: the sample counted no access at all: every id would rank by raw value
+            and every plan would be empty. The message gives the accesses sampled, the
+            training rows and the rate that would sample enough of them.
+    """
+    if sampling_rate >= 1.0:
+        return None
+    accesses = sum(int(c.sum()) for c in vocabs.counts.values())
+    rows = sum(p.rows for p in inputs.train_parts)
+    expected = sampling_rate * rows
+    needed = min(1.0, _MIN_SAMPLED_ROWS / max(rows, 1))
+    advice = (f"use a sampling rate of at least {needed:.3g} (about "
+              f"{min(_MIN_SAMPLED_ROWS, rows):,} sampled rows)" if needed < 1.0 else
+              f"use sampling rate 1 (exact counts; there are only {rows:,} training rows)")
+    what = (f"sampling rate {sampling_rate:g} sampled {accesses:,} accesses from {rows:,} "
+            f"training rows (about {expected:,.4g} rows expected)")
+    if accesses == 0:
+        raise InputError(f"{what}: there is nothing to rank ids or plan hot rows by; {advice}")
+    if expected < _MIN_SAMPLED_ROWS:
+        return f"{what}: the plan may be far from the exact one; {advice}"
+    return None
 
 
 def run_plan(
     storage: Storage, inputs: Inputs, vocabs: Vocabs, params: LayoutParams, sweep: bool = True
 ) -> PlanOutcome:
-    """Choose k_t under the budget, and (with ``sweep``) chart coverage over budgets."""
+    """Choose k_t under the budget, and (with ``sweep``) chart coverage over budgets.
+
+    Raises:
+        InputError: the sampled profile counted no access (see :func:`check_sample`).
+        BudgetError: the budget is below one embedding row.
+    """
+    notes = [n for n in [check_sample(inputs, vocabs, params.sampling_rate)] if n]
     specs = table_specs(vocabs, params)
     dtype_bytes = DTYPE_BYTES[params.dtype]
     pp = PlanParams(params.budget_bytes, dtype_bytes, params.optimizer_slots)
     plan = plan_hot_rows(specs, pp)
+    if plan.accesses_covered == 0 and (why := no_hot_rows_reason(specs, pp)):
+        notes.append(why)
+    for note in notes:
+        log.warning("%s", note)
     sample = plan_sample(storage, inputs, vocabs, params.seed)
     n = len(next(iter(sample.values()))) if sample else 0
     predicted = hot_fraction(sample, plan.hot_rows)
@@ -238,13 +287,15 @@ def run_plan(
         swept = sweep_budgets(specs, pp, budgets, lambda k: hot_fraction(sample, k))
         points = [asdict(p) for p in swept]
         if len(swept) >= 3:
-            # Hot-input fraction against the budget in bytes (linear): it saturates, and
-            # the knee is where another byte starts to buy little.
+            # Hot-input fraction against the budget in bytes (linear): where it saturates,
+            # the knee is where another byte starts to buy little; a curve that only
+            # steepens (convex) has none, and no budget is marked.
             xs = [float(p.budget_bytes) for p in swept]
             ys = [p.hot_input_fraction or 0.0 for p in swept]
-            knee = swept[knee_index(xs, ys, log_x=False)].budget_bytes
+            at = knee_index(xs, ys, log_x=False)
+            knee = None if at is None else swept[at].budget_bytes
     return PlanOutcome(plan.to_dict(), points, knee, predicted, n,
-                       _sampling_error(storage, inputs, vocabs, params, plan))
+                       _sampling_error(storage, inputs, vocabs, params, plan), notes)
 
 
 def _sampling_error(

@@ -84,7 +84,8 @@ def validate_layout(
     so that a partition arriving mid-run does not change what the later tasks see.
 
     Returns the request the later tasks take: the Params with ``partitions`` filled in,
-    plus ``layout_id`` and ``exists`` (that layout is already published).
+    plus ``layout_id`` and ``exists`` (that layout is already published, every file its
+    manifest names there).
 
     Raises:
         InputError / BudgetError: an invalid Param (the message names it), end before
@@ -93,6 +94,7 @@ def validate_layout(
     from fae_data.partition import INGESTED_DIR
     from fae_data.storage import Storage
     from pipelines.layout import compute_layout_id, existing_layout, resolve_inputs
+    from pipelines.publish import missing_files
 
     unknown = sorted(set(conf) - set(LAYOUT_PARAMS))
     if unknown:
@@ -131,7 +133,10 @@ def validate_layout(
     inputs = resolve_inputs(storage, params)  # every partition committed, the split valid
     lid = compute_layout_id(inputs, params)
     request["layout_id"] = lid
-    request["exists"] = existing_layout(storage, lid) is not None
+    done = existing_layout(storage, lid)
+    # A published layout with missing files is rebuilt by the run (prepare), so it counts
+    # as not there: publish then reports it published and fae_train is told.
+    request["exists"] = done is not None and not missing_files(storage, done)
     return request
 
 

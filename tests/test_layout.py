@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -656,3 +657,122 @@ def test_sampled_profile_keeps_every_value_and_reports_its_error(tmp_path, synth
     assert info["exact_hot_access_coverage"] == pytest.approx(exact.stats["hot_access_coverage"])
     assert 0.0 < info["coverage_stderr"] < 0.05
     assert exact.stats["sampling"] == {"rate": 1.0, "exact": True}
+
+
+def test_taobao_plan_below_two_rows_says_why_and_marks_no_knee_on_a_convex_curve(tmp_path):
+    """On Taobao id 0 is never accessed, so below two rows (128 B) no hot row serves an
+    access: zero hot rows is right, and `fae plan` says why. The hot-input curve of the
+    sweep is convex there, so no budget is marked as its knee (it was the smallest)."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    lines = (SHARED / "taobao_userbehavior_timeorder110k.csv").read_bytes().splitlines(True)
+    files = []
+    for d in range(2):
+        p = tmp_path / f"day_{d}.csv"
+        p.write_bytes(b"".join(lines[d * 15000:(d + 1) * 15000]))
+        files.append(p)
+    root = str(tmp_path / "root")
+    run_ingest([str(f) for f in files], root, IngestParams("taobao"), dataset="taobao")
+    runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
+    done = runner.invoke(app, ["plan", "--root", root, "--dataset", "taobao", "--budget", "100",
+                               "--sweep", "--json", "-q"])
+    assert done.exit_code == 0, done.output
+    out = json.loads(done.stdout)
+    assert set(out["plan"]["hot_rows"].values()) == {0}
+    [note] = out["notes"]
+    assert note.startswith("no hot rows: budget 100 B is below the cheapest hot prefix of any "
+                           "table, 128 B for table user_id (ids 0 and 1, 2 rows x 64 B")
+    assert "can only be hot after id 0 (null/unseen/rare), which is never accessed" in note
+    # Independently: each point's height above the chord of the sweep the command printed.
+    xs = [p["budget_bytes"] for p in out["sweep"]]
+    ys = [p["hot_input_fraction"] for p in out["sweep"]]
+    x0, x1, y0, y1 = xs[0], xs[-1], min(ys), max(ys)
+    above = [(y - y0) / (y1 - y0) - (x - x0) / (x1 - x0) for x, y in zip(xs, ys)]
+    assert max(above) <= 1e-9, "this sample's hot-input curve is convex"
+    assert out["knee_budget_bytes"] is None
+    assert [p["hot_rows"] for p in out["sweep"][:2]] == [{"user_id": 0, "item_id": 0,
+                                                           "category_id": 0}] * 2
+    human = runner.invoke(app, ["plan", "--root", root, "--dataset", "taobao", "--budget", "1KiB",
+                                "--sweep", "-q"])
+    assert human.exit_code == 0 and "no knee:" in human.output and " knee " not in human.output
+
+
+def test_a_sample_without_accesses_is_refused_by_plan_layout_and_stages(tmp_path, synthetic_days):
+    """--sampling-rate 1e-9 counted no access, and used to plan zero hot rows in silence.
+    Every way of planning now refuses it, naming what was sampled and the rate needed;
+    a thin but non-empty sample is planned with a warning that says the same."""
+    from typer.testing import CliRunner
+
+    from pipelines import layout_stages
+    from pipelines.cli import app
+    from pipelines.layout import run_plan_only
+
+    root = tmp_path / "r"
+    run_ingest([str(f) for f in synthetic_days], str(root), IngestParams("criteo"))
+    train_rows = len(naive_rows(synthetic_days[0])) + len(naive_rows(synthetic_days[1]))
+    assert train_rows > 10_000  # a sample of 10,000 rows is what the advice aims at
+    advice = (f"use a sampling rate of at least {10_000 / train_rows:.3g} (about 10,000 "
+              "sampled rows)")
+    msg = (f"sampling rate 1e-09 sampled 0 accesses from {train_rows:,} training rows "
+           f"(about {1e-9 * train_rows:,.4g} rows expected): there is nothing to rank ids or "
+           f"plan hot rows by; {advice}")
+    params = LayoutParams(budget="64KiB", batch_size=128, sampling_rate=1e-9)
+    for run in (lambda: run_plan_only(str(root), params),
+                lambda: run_layout(str(root), params),
+                lambda: layout_stages.prepare(str(root), params)):
+        with pytest.raises(InputError, match=re.escape(msg)):
+            run()
+    assert not (root / "layouts" / "LATEST").exists()
+    runner = CliRunner(env={"COLUMNS": "400", "NO_COLOR": "1", "TERM": "dumb"})
+    for command in ("plan", "layout"):
+        done = runner.invoke(app, [command, "--root", str(root), "--budget", "64KiB",
+                                   "--sampling-rate", "1e-9", "-q"])
+        assert done.exit_code == 1 and "Traceback" not in done.output
+        assert msg in " ".join(done.output.split()), done.output
+    thin = run_plan_only(str(root), LayoutParams(budget="64KiB", sampling_rate=0.01))
+    [note] = thin.notes
+    assert note.startswith("sampling rate 0.01 sampled ")
+    assert note.endswith(f"from {train_rows:,} training rows (about {0.01 * train_rows:,.4g} "
+                         f"rows expected): the plan may be far from the exact one; {advice}")
+    assert run_plan_only(str(root), LayoutParams(budget="64KiB")).notes == []
+
+
+def test_verify_checks_shard_rows_against_the_partitions(tmp_path):
+    """Each split's shards must hold the rows of its partitions (Criteo: one row, one
+    input). A manifest that lost a shard, its stats edited to match, used to pass."""
+    files = split_days(SHARED / "criteo_1tb_day0_sample8324.tsv", tmp_path / "raw", 3)
+    m, layout_dir = build(tmp_path / "root", files, budget="64KiB", batch_size=128)
+    lines = [len(naive_rows(f)) for f in files]
+    want = {"train": lines[0] + lines[1], "val": lines[2] // 2, "test": lines[2] - lines[2] // 2}
+    checks = {c.name: c for c in verify_layout(*mf.load(str(layout_dir)))}
+    assert checks["rows vs partitions"].ok
+    assert checks["rows vs partitions"].detail == (
+        f"3 partitions, {sum(lines):,} rows; train {want['train']:,}, val {want['val']:,}, "
+        f"test {want['test']:,} rows as partitioned")
+
+    path = layout_dir / "manifest.json"
+    good = json.loads(path.read_text())
+    d = json.loads(path.read_text())
+    [cold] = [s for s in d["shards"] if (s["split"], s["kind"]) == ("train", "cold")]
+    d["shards"].remove(cold)
+    d["stats"]["rows_by_split_and_kind"]["train/cold"] = 0
+    path.write_text(json.dumps(d))
+    checks = {c.name: c for c in verify_layout(*mf.load(str(layout_dir)))}
+    assert [n for n, c in checks.items() if not c.ok] == ["rows vs partitions"]
+    assert checks["rows vs partitions"].detail == (
+        f"train shards hold {want['train'] - cold['rows']:,} rows, but partitions day_0, day_1 "
+        f"hold {want['train']:,}")
+
+    d = json.loads(json.dumps(good))
+    d["dataset"]["partitions"][2]["rows"] += 2
+    path.write_text(json.dumps(d))
+    detail = next(c.detail for c in verify_layout(*mf.load(str(layout_dir)), deep=False)
+                  if c.name == "rows vs partitions")
+    assert detail == (
+        f"partitions hold {sum(lines) + 2:,} rows, but stats say {sum(lines):,} read - 0 "
+        f"rejected = {sum(lines):,}; val shards hold {want['val']:,} rows, but partitions "
+        f"day_2 hold {want['val'] + 1:,} (the last one halved into val and test); test shards "
+        f"hold {want['test']:,} rows, but partitions day_2 hold {want['test'] + 1:,} (the last "
+        "one halved into val and test)")

@@ -19,6 +19,7 @@ from fae_data.plan import (
     bytes_per_row,
     default_sweep_budgets,
     knee_index,
+    no_hot_rows_reason,
     parse_budget,
     plan_hot_rows,
     predicted_hot_fraction,
@@ -178,6 +179,55 @@ def test_no_accesses_at_all_gives_zero_coverage() -> None:
     assert plan.hot_rows == {"C1": 0} and plan.hot_access_coverage == 0.0
 
 
+def naive_best_coverage(tables: list[TableSpec], budget: int, dtype_bytes: int, slots: int) -> int:
+    """The most accesses any prefix plan within ``budget`` covers: every k vector tried."""
+    import itertools
+
+    row_bytes = [t.dim * dtype_bytes * (1 + slots) for t in tables]
+    best = 0
+    for ks in itertools.product(*(range(t.counts.size + 1) for t in tables)):
+        if sum(k * b for k, b in zip(ks, row_bytes)) <= budget:
+            best = max(best, sum(int(sum(t.counts.tolist()[:k])) for t, k in zip(tables, ks)))
+    return best
+
+
+def test_a_budget_below_the_first_useful_prefix_plans_nothing_and_says_why() -> None:
+    """Taobao-like tables (no nulls, min_count 1: id 0 is never accessed): a budget of one
+    row (64 B) up to 127 B cannot make id 1 hot without id 0, so zero hot rows is right,
+    not a rounding bug; the planner says which table and bytes the first useful row needs."""
+    tables = [TableSpec("user_id", np.array([0, 38, 32, 32, 32]), 16),
+              TableSpec("item_id", np.array([0, 101, 87, 86]), 16),
+              TableSpec("category_id", np.array([0, 15686, 10783]), 16)]
+    for budget in range(64, 400):
+        params = PlanParams(budget)
+        plan = plan_hot_rows(tables, params)
+        best = naive_best_coverage(tables, budget, 4, 0)
+        reason = no_hot_rows_reason(tables, params)
+        if budget < 128:
+            assert best == 0 and plan.accesses_covered == 0, budget
+            assert sum(plan.hot_rows.values()) == 0
+            assert reason == (
+                f"no hot rows: budget {budget} B is below the cheapest hot prefix of any "
+                "table, 128 B for table user_id (ids 0 and 1, 2 rows x 64 B: id 1 (38 "
+                "accesses) can only be hot after id 0 (null/unseen/rare), which is never "
+                "accessed; one row = dim 16 x 4 B x (1+0 slots)); give at least 128 B for "
+                "any hot row")
+        else:
+            assert best > 0 and plan.accesses_covered > 0 and reason is None, budget
+    # Row 0 accessed (nulls, the Criteo case): one row always serves accesses.
+    criteo_like = [TableSpec("C1", np.array([7, 5, 1]), 16)]
+    assert no_hot_rows_reason(criteo_like, PlanParams(64)) is None
+    # A rarer null row pairs by the documented rule (with Adam slots one row is 192 B, the
+    # pair 384 B), so below the pair nothing is hot, and the reason says so.
+    paired = [TableSpec("C1", np.array([2, 9, 1]), 16)]
+    assert plan_hot_rows(paired, PlanParams(383, 4, 2)).hot_rows == {"C1": 0}
+    assert "384 B for table C1 (ids 0 and 1, 2 rows x 192 B: id 0 (null/unseen/rare, 2 " \
+        "accesses) is rarer than id 1 (9), so the two are hot together or not at all" in str(
+            no_hot_rows_reason(paired, PlanParams(383, 4, 2)))
+    assert no_hot_rows_reason(paired, PlanParams(384, 4, 2)) is None
+    assert no_hot_rows_reason([TableSpec("idle", np.zeros(3, np.int64), 1)], PlanParams(4)) is None
+
+
 def test_budget_below_one_row() -> None:
     tables = [TableSpec("C2", np.array([1, 1]), 32), TableSpec("C1", np.array([1, 1]), 16)]
     msg = ("budget 10 B is below one embedding row (64 B for table C1 = dim 16 x 4 B x "
@@ -324,6 +374,32 @@ def test_knee_of_synthetic_curve() -> None:
     assert knee_index([1, 2, 3], [5, 5, 5]) == 0  # flat: more budget buys nothing
     assert knee_index([0, 1, 2, 3], [0, 3, 3, 3], log_x=False) == 1
     assert knee_index([4], [0.3]) == 0
+
+
+def naive_above_chord(xs: list[float], ys: list[float]) -> list[float]:
+    """How far each point lies above the chord from the first to the last, in the unit
+    square (x linear), computed point by point."""
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    return [(y - y0) / (y1 - y0) - (x - x0) / (x1 - x0) for x, y in zip(xs, ys)]
+
+
+def test_a_convex_or_straight_curve_has_no_knee() -> None:
+    """A hot-input fraction that stays near zero until most rows fit (the Taobao sweep) is
+    convex: no point lies above the chord, and the knee was the smallest budget swept,
+    the worst choice. Such a curve has no knee."""
+    budgets = [64, 106, 174, 288, 475, 783, 1300, 2100, 3400, 5700, 9400, 15_400, 25_500,
+               42_100, 69_400, 114_500, 189_000, 311_800, 514_600, 849_200, 1_400_000,
+               2_300_000, 3_700_000, 6_100_000]
+    taobao = [0.0] * 15 + [0.002, 0.006, 0.016, 0.037, 0.081, 0.165, 0.307, 0.518, 1.0]
+    assert max(naive_above_chord(budgets, taobao)) <= 0
+    assert knee_index(budgets, taobao, log_x=False) is None
+    xs = [float(i) for i in range(20)]
+    assert knee_index(xs, [x * x for x in xs], log_x=False) is None  # convex
+    assert knee_index(xs, [3 * x + 1 for x in xs], log_x=False) is None  # straight
+    concave = [np.sqrt(x) for x in xs]
+    above = naive_above_chord(xs, concave)
+    assert knee_index(xs, concave, log_x=False) == above.index(max(above)) > 0
+    assert knee_index(xs, [2.0] * 20, log_x=False) == 0  # flat: more budget buys nothing
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import math
 import re
 import shutil
@@ -236,3 +237,16 @@ def test_no_markers_means_not_available(built: Built) -> None:
 def test_write_report_refuses_a_folder_without_a_layout(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="neither a manifest"):
         write_report(str(tmp_path))
+
+
+def test_a_sweep_without_a_knee_says_so(built: Built, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(built.root, root)
+    layout = root / "layouts" / built.manifest.layout_id
+    plan = json.loads((layout / "plan.json").read_text())
+    assert len(plan["sweep"]) >= 3
+    (layout / "plan.json").write_text(json.dumps({**plan, "knee_budget_bytes": None}))
+    out = tmp_path / "page.html"
+    write_report(str(layout / "manifest.json"), str(out))
+    text = " ".join(out.read_text("utf-8").split())
+    assert "no knee: the hot-input curve is straight or convex over the budgets swept" in text

@@ -222,6 +222,56 @@ def test_rerunning_a_stage_is_a_noop(root: str) -> None:
     assert manifest.stat().st_mtime_ns == published
 
 
+def test_staged_rerun_rebuilds_a_published_layout_with_missing_files(root: str) -> None:
+    """The stages said "unchanged" for a published layout whose shard was deleted (and
+    publish pointed LATEST at it); like run_layout, they now rebuild it beside the
+    published files, byte for byte, and only then call it unchanged."""
+    first = staged(root, PARAMS)
+    folder = Path(root) / "layouts" / first.layout_id
+    victim = first.shards[-1].path
+    (folder / victim).unlink()
+    with pytest.raises(StorageError, match=re.escape(
+            f"layout {first.layout_id}: 1 file(s) of the published layout are missing "
+            f"({victim}) and no rebuild is staged; rerun the prepare stage")):
+        stages.publish(root, first.layout_id)  # never "unchanged" for a broken layout
+
+    prepared = stages.prepare(root, PARAMS)
+    assert prepared["status"] == "planned" and prepared["partitions"] == ["day_0", "day_1", "day_2"]
+    assert stages.prepare(root, PARAMS) == prepared  # a rerun resumes the repair
+    stages.encode(root, first.layout_id, "day_0")
+    assert stages.prepare(root, PARAMS) == prepared
+    assert (folder / first.shards[0].path).exists(), "the published files stay until publish"
+    again = staged(root, PARAMS, order=4)
+    assert fingerprint(again) == fingerprint(first)
+    assert again.shards[0].path.split("/")[0] != first.shards[0].path.split("/")[0]
+    assert all(c.ok for c in verify_layout(*mf.load(root)))
+    assert latest(root) == first.layout_id
+    assert stages.prepare(root, PARAMS)["status"] == "unchanged"
+    assert stages.publish(root, first.layout_id).status == "unchanged"
+
+
+def test_a_repair_does_not_resume_the_staging_files_of_the_published_build(
+    root: str, tmp_path: Path
+) -> None:
+    """A publish that stopped before removing ``_build`` leaves the plan of the build it
+    published (its shard folder is the published one). A repair must start afresh rather
+    than find its streams "already done" and fail to publish on every rerun."""
+    prepared = stages.prepare(root, PARAMS)
+    lid = prepared["layout_id"]
+    for name in prepared["partitions"]:
+        stages.encode(root, lid, name)
+    for stream in prepared["streams"]:
+        stages.cut(root, lid, stream)
+    build = Path(root) / "layouts" / lid / stages.BUILD_DIR
+    shutil.copytree(build, tmp_path / "kept")
+    first = stages.publish(root, lid).manifest
+    shutil.copytree(tmp_path / "kept", build)  # as if publish stopped before cleaning up
+    (Path(root) / "layouts" / lid / first.shards[0].path).unlink()
+    again = staged(root, PARAMS, order=5)
+    assert fingerprint(again) == fingerprint(first)
+    assert all(c.ok for c in verify_layout(*mf.load(root)))
+
+
 # --- crash safety -----------------------------------------------------------------------------
 
 

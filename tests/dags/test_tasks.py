@@ -180,6 +180,35 @@ def test_layout_tasks_build_publish_and_then_do_nothing(root: str) -> None:
     assert tasks.plan_layout(root, forced) == list(DAYS)  # force: build it again
 
 
+def test_layout_tasks_rebuild_a_published_layout_with_a_missing_shard(root: str) -> None:
+    """The DAG once published "unchanged" (and skipped fae_train) for a layout whose shard
+    was deleted; validate now sees it incomplete, plan rebuilds it and publish says so."""
+    from fae_data import manifest as mf
+    from fae_data.verify import verify_layout
+
+    def run(req: dict) -> dict:
+        for name in tasks.train_partitions(root, req):
+            tasks.count_partition(root, req, name)
+        for name in tasks.plan_layout(root, req):
+            tasks.encode_partition(root, req, name)
+        if req["exists"] is False:
+            for s in tasks.LAYOUT_STREAMS:
+                tasks.cut_stream(root, req, s)
+        return tasks.publish_layout(root, req)
+
+    conf = {"budget": "1536B", "batch_size": 64}
+    built = run(tasks.validate_layout(root, conf))
+    manifest, store = mf.load(built["manifest"])
+    store.remove(manifest.shards[0].path)
+    again = tasks.validate_layout(root, conf)
+    assert again["exists"] is False
+    rebuilt = run(again)
+    assert rebuilt["status"] == "published" and rebuilt["layout_id"] == built["layout_id"]
+    manifest, store = mf.load(rebuilt["manifest"])
+    assert all(c.ok for c in verify_layout(manifest, store))
+    assert tasks.validate_layout(root, conf)["exists"] is True
+
+
 def test_layout_tasks_refuse_stale_or_bad_requests(root: str) -> None:
     req = tasks.validate_layout(root, {"budget": "3KiB"})
     with pytest.raises(InputError, match="input partitions changed since layout 0000"):
