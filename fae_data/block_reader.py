@@ -26,6 +26,7 @@ from fae_data.blocks import _process_block
 from fae_data.errors import InputError
 from fae_data.rawlines import read_blocks
 from fae_data.schema import RawFormat
+from fae_data.storage import backend_errors
 
 if TYPE_CHECKING:
     from fae_data.ingest import IngestParams
@@ -121,8 +122,12 @@ def _processed_blocks(
 
 
 def _blocks(stream: IO[bytes], source: str, block_bytes: int) -> Iterator[bytes]:
+    """The newline-ended blocks of the decompressed source, a leading UTF-8 BOM dropped
+    (else the first record is refused for its non-ASCII bytes, and a header line goes
+    unrecognised); read errors as messages naming the source."""
     try:
-        yield from read_blocks(stream, block_bytes)
+        with backend_errors(source):
+            yield from read_blocks(stream, block_bytes, skip_bom=True)
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise InputError(
             f"{source}: corrupt or truncated gzip stream ({exc}); re-copy the file. "

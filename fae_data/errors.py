@@ -11,6 +11,9 @@ from __future__ import annotations
 class FaeError(Exception):
     """Base class of all deliberate fae-data errors."""
 
+    #: The CLI's exit status for this kind of error.
+    exit_code: int = 1
+
 
 class InputError(FaeError):
     """A source file or argument is not what the stage expects."""
@@ -26,6 +29,19 @@ class ManifestError(FaeError):
 
 class StorageError(FaeError):
     """Reading or writing the storage root failed."""
+
+
+class BackendError(StorageError):
+    """A path or URL cannot be used as configured: its protocol is unknown, the fsspec
+    backend for it is not installed, the object store finds no credentials, or its
+    endpoint cannot be reached.
+
+    A problem of the setup rather than of the data, so the CLI exits 2, as for its
+    usage errors, and callers that repair damaged files on a StorageError must not
+    take it for damage.
+    """
+
+    exit_code = 2
 
 
 def os_error_message(exc: OSError) -> str:

@@ -34,10 +34,11 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from fae_data import schema
 from fae_data.block_reader import _decompressed, _HashingReader, _processed_blocks
-from fae_data.errors import InputError, StorageError
+from fae_data.errors import BackendError, InputError, StorageError
 from fae_data.partition import (
     INGESTED_DIR,
     PARTITION_FORMAT,
@@ -54,7 +55,7 @@ from fae_data.partition import (
     read_marker,
 )
 from fae_data.schema import RawFormat
-from fae_data.storage import Storage, file_sha256
+from fae_data.storage import Storage, backend_errors, file_sha256, filesystem
 
 __all__ = [
     "COMPRESSIONS",
@@ -163,26 +164,31 @@ def _ingest(
     fmt = schema.raw_format(params.kind)
     folder = partition_dir(dataset, partition)
     try:
-        fs, src_path = fsspec.core.url_to_fs(source)
-        size = fs.size(src_path)
+        fs, src_path = filesystem(source, "source")
+        with backend_errors(source):
+            size = fs.size(src_path)
+            is_folder = fs.isdir(src_path)
     except FileNotFoundError:
         raise InputError(f"{source}: no such file") from None
     except (OSError, ValueError) as exc:
         raise InputError(f"{source}: cannot open ({exc})") from None
-    if fs.isdir(src_path):
+    if is_folder:
         raise InputError(f"{source}: is a folder, expected one {fmt.kind} file")
     if size == 0:
         raise InputError(f"{source}: empty file, expected {fmt.kind} records")
 
     try:
         old = read_marker(storage, dataset, partition)
+    except BackendError:  # the store cannot be reached: not a damaged marker
+        raise
     except StorageError as exc:  # a damaged marker: this run replaces it
         log.warning("%s; ingesting it again", exc)
         old, replacing = None, True
     else:
         replacing = old is not None
     if old is not None and old.get("parser") == _parser_tag(params):
-        digest = file_sha256(fs, src_path)
+        with backend_errors(source):
+            digest = file_sha256(fs, src_path)
         if old.get("source", {}).get("sha256") == digest:
             damage = partition_damage(storage, folder, old)
             if damage is None:
@@ -198,7 +204,8 @@ def _ingest(
 
     _remove_unreferenced(storage, folder, old)
     try:
-        source_file = fs.open(src_path, "rb")
+        with backend_errors(source):
+            source_file = fs.open(src_path, "rb")
     except OSError as exc:  # unreadable (permissions): a user problem, not a crash
         raise InputError(f"{source}: cannot open ({exc})") from None
     with source_file as raw:
@@ -207,10 +214,20 @@ def _ingest(
         result = _write_partition(stream, hashing, source, storage, dataset, partition, fmt,
                                   params, progress)
     status = "replaced" if replacing else "written"
-    marker = _marker(result, params, hashing.hash.hexdigest(), size)
+    marker = _marker({**result, "source": _recorded_source(source, fs)}, params,
+                     hashing.hash.hexdigest(), size)
     storage.write_json_atomic(marker, *folder, PARTITION_MARKER)
     _remove_unreferenced(storage, folder, marker)
     return _result_from_marker(marker, source, status, storage)
+
+
+def _recorded_source(source: str, fs: fsspec.AbstractFileSystem) -> str:
+    """The source as the marker records it: a local path made absolute (symlinks
+    resolved), so that a later reader knows which file it was whatever folder the ingest
+    ran in; a URL as given, since it already names the file wherever it is read."""
+    if "://" in source or not isinstance(fs, LocalFileSystem):
+        return source
+    return os.path.realpath(source)
 
 
 def _write_partition(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fae_data import __version__
-from fae_data.errors import InputError, StorageError
+from fae_data.errors import BackendError, InputError, StorageError
 from fae_data.storage import Storage
 
 if TYPE_CHECKING:
@@ -26,6 +26,10 @@ PARTITION_FORMAT = "fae.partition/v1"
 PARTITION_MARKER = "_partition.json"
 INGESTED_DIR = "ingested"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$")
+#: The longest dataset or partition name. Files are named after them with a few dozen
+#: characters added (``.<name>.lock``, ``.tmp-<32 hex>-<name>.parquet``), and a file
+#: name may have at most 255 bytes on common filesystems (names here are ASCII).
+MAX_NAME_LENGTH = 128
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,16 @@ def partition_name(source: str) -> str:
 
 
 def check_name(name: str, what: str) -> str:
-    """Refuse names that could escape the storage root or confuse listings."""
+    """Refuse names that could escape the storage root, confuse listings, or make a file
+    name longer than the filesystem allows (checked here, before anything is written)."""
+    if not name:
+        raise InputError(f"{what} name is empty: give a name of letters, digits and _ . = -")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InputError(
+            f"{what} name {name[:24]!r}... is {len(name)} characters long, more than the "
+            f"{MAX_NAME_LENGTH} allowed (files are named after it, and a file name may "
+            "have at most 255 bytes): give a shorter name"
+        )
     if not _NAME_RE.match(name):
         raise InputError(
             f"{what} name {name!r} is not allowed: use letters, digits and _ . = - "
@@ -80,6 +93,8 @@ def read_marker(storage: Storage, dataset: str, partition: str) -> dict[str, Any
     try:
         marker = storage.read_json(*parts)
         problem = marker_problem(marker)
+    except BackendError:
+        raise  # the store cannot be reached: the marker may be fine
     except StorageError as exc:
         problem = str(exc).removeprefix(f"{storage.display(*parts)}: ")
     if problem is not None:
@@ -157,6 +172,8 @@ def partition_damage(
     for name_key, rows_key in (("data", "rows_ok"), ("rejects", "rows_rejected")):
         try:
             meta = storage.parquet_metadata(*folder, marker[name_key])
+        except BackendError:
+            raise  # the store cannot be reached: the files may be fine
         except StorageError as exc:
             return str(exc)
         if meta.num_rows != int(marker[rows_key]):

@@ -17,15 +17,20 @@ import numpy as np
 
 _NL = 10
 _CR = 13
+#: The UTF-8 byte order mark some editors and exporters (Excel, Notepad) put first.
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
-def read_blocks(stream: IO[bytes], block_bytes: int) -> Iterator[bytes]:
+def read_blocks(
+    stream: IO[bytes], block_bytes: int, *, skip_bom: bool = False
+) -> Iterator[bytes]:
     """Yield consecutive chunks of ``stream`` that each end right after a newline.
 
     The last chunk may lack a final newline. Memory stays bounded by about two blocks
-    plus the longest line.
+    plus the longest line. ``skip_bom``: drop a UTF-8 byte order mark at the very start
+    of the stream (only there: one further in is data, and refused as such).
     """
-    carry = b""
+    carry = _after_bom(stream) if skip_bom else b""
     while True:
         chunk = stream.read(block_bytes)
         if not chunk:
@@ -39,6 +44,18 @@ def read_blocks(stream: IO[bytes], block_bytes: int) -> Iterator[bytes]:
         # One copy per block: the previous tail plus this chunk up to its last newline.
         yield b"".join((carry, memoryview(chunk)[: cut + 1])) if carry else chunk[: cut + 1]
         carry = chunk[cut + 1 :]
+
+
+def _after_bom(stream: IO[bytes]) -> bytes:
+    """Read the first bytes of ``stream``: empty when they are a UTF-8 BOM (dropped),
+    else those bytes, which the caller keeps as the start of the first block."""
+    head = b""
+    while len(head) < len(UTF8_BOM):  # a stream may return fewer bytes than asked for
+        more = stream.read(len(UTF8_BOM) - len(head))
+        if not more:
+            break
+        head += more
+    return b"" if head == UTF8_BOM else head
 
 
 def count_lines(block: bytes) -> int:

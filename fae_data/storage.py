@@ -20,14 +20,16 @@ import json
 import logging
 import os
 import posixpath
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.registry import known_implementations
 
-from fae_data.errors import StorageError
+from fae_data.errors import BackendError, InputError, StorageError
 
 try:
     import fcntl
@@ -38,7 +40,81 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 _HASH_BLOCK = 8 << 20
+#: botocore's errors for credentials that are missing or unusable, by name (botocore is
+#: only imported by s3fs, and only on an s3:// URL).
+_BOTO_CREDENTIAL_ERRORS = (
+    "NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+    "UnknownCredentialError", "ProfileNotFound", "NoAuthTokenError", "TokenRetrievalError",
+    "SSOError",
+)
 log = logging.getLogger(__name__)
+
+
+def filesystem(
+    url: str, what: str, **options: Any
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem of ``url`` (with backend ``options``) and the path on it.
+
+    ``what`` names the argument in messages ("storage root", "source"). Raises
+    :class:`BackendError` naming the URL, its protocol and the remedy when fsspec knows
+    no such protocol or the package that implements it is not installed.
+    """
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    try:
+        return fsspec.core.url_to_fs(url, **options)  # type: ignore[no-any-return]
+    except ImportError as exc:
+        package = _backend_package(protocol)
+        raise BackendError(
+            f"{what} {url}: the {protocol}:// protocol needs an fsspec backend that is not "
+            f"installed ({exc}); install it (pip install {package}) or use a local path"
+        ) from None
+    except ValueError as exc:
+        if "Protocol not known" not in str(exc):
+            raise
+        raise BackendError(
+            f"{what} {url}: unknown protocol {protocol}:// (no fsspec backend has that "
+            "name); use a local path or a URL such as s3://bucket/prefix, or install the "
+            "fsspec backend that provides it"
+        ) from None
+
+
+def _backend_package(protocol: str) -> str:
+    """The package fsspec's registry names for ``protocol`` ("gcs" -> "gcsfs")."""
+    known = known_implementations.get(protocol, {})
+    return str(known.get("class", protocol)).split(".", 1)[0]
+
+
+def backend_error(exc: BaseException, target: str) -> BackendError | None:
+    """``exc`` as one BackendError naming ``target``, when it is an object-store client
+    error that is not an OSError (s3fs passes botocore's own errors through: no
+    credentials, endpoint unreachable); None for any other exception."""
+    boto = sys.modules.get("botocore.exceptions")
+    if boto is None or not isinstance(exc, boto.BotoCoreError):
+        return None
+    credentials = tuple(getattr(boto, n) for n in _BOTO_CREDENTIAL_ERRORS if hasattr(boto, n))
+    if isinstance(exc, credentials):
+        return BackendError(
+            f"{target}: the s3:// object store has no usable credentials ({exc}); configure "
+            "them (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or "
+            "~/.aws/credentials) and rerun"
+        )
+    return BackendError(
+        f"{target}: cannot reach the object store ({exc}); check the network and the "
+        "endpoint (AWS_ENDPOINT_URL), then rerun"
+    )
+
+
+@contextlib.contextmanager
+def backend_errors(target: str) -> Iterator[None]:
+    """Turn object-store client errors raised in the block into a BackendError naming
+    ``target`` (see :func:`backend_error`); other exceptions pass unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        translated = backend_error(exc, target)
+        if translated is None:
+            raise
+        raise translated from None
 
 
 class Storage:
@@ -46,7 +122,13 @@ class Storage:
 
     def __init__(self, root: str | os.PathLike[str], **storage_options: Any) -> None:
         root_str = os.fspath(root)
-        self.fs, path = fsspec.core.url_to_fs(root_str, **storage_options)
+        # An empty root would silently mean the current folder.
+        if not root_str.strip():
+            raise InputError(
+                f"storage root {root_str!r} is empty: give a folder or a URL such as "
+                "s3://bucket/prefix (--root)"
+            )
+        self.fs, path = filesystem(root_str, "storage root", **storage_options)
         self.root = path.rstrip("/") or "/"
         self.url = root_str
         self.is_local = isinstance(self.fs, LocalFileSystem)
@@ -61,13 +143,20 @@ class Storage:
         p = self.path(*parts)
         return p if self.is_local else f"{self.fs.unstrip_protocol(p)}"
 
+    def _reach(self, *parts: str) -> contextlib.AbstractContextManager[None]:
+        """Object-store client errors in the block (no credentials, no connection) as one
+        BackendError naming ``parts``: s3fs creates its client lazily, so the first call
+        that touches the store is where they surface."""
+        return backend_errors(self.display(*parts))
+
     # -- reading ---------------------------------------------------------------------
     def exists(self, *parts: str) -> bool:
-        return bool(self.fs.exists(self.path(*parts)))
+        with self._reach(*parts):
+            return bool(self.fs.exists(self.path(*parts)))
 
     def read_bytes(self, *parts: str) -> bytes:
         try:
-            with self.fs.open(self.path(*parts), "rb") as f:
+            with self._reach(*parts), self.fs.open(self.path(*parts), "rb") as f:
                 return f.read()
         except FileNotFoundError:
             raise StorageError(f"{self.display(*parts)}: no such file") from None
@@ -95,7 +184,7 @@ class Storage:
         """
         import pyarrow.parquet as pq
 
-        with self._parquet_errors(parts):
+        with self._parquet_errors(parts), self._reach(*parts):
             if self.is_local:
                 with pq.ParquetFile(self.path(*parts)) as pf:
                     return pf.read(columns=columns)
@@ -108,7 +197,8 @@ class Storage:
         file raises a :class:`StorageError` that names it."""
         import pyarrow.parquet as pq
 
-        with self._parquet_errors(parts), self.fs.open(self.path(*parts), "rb") as f:
+        with self._parquet_errors(parts), self._reach(*parts), \
+                self.fs.open(self.path(*parts), "rb") as f:
             return pq.ParquetFile(f).metadata
 
     @contextlib.contextmanager
@@ -127,13 +217,15 @@ class Storage:
         """Names (not paths) directly under ``parts``; empty if the folder is missing."""
         p = self.path(*parts)
         try:
-            entries = self.fs.ls(p, detail=False)
+            with self._reach(*parts):
+                entries = self.fs.ls(p, detail=False)
         except FileNotFoundError:
             return []
         return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
 
     def sha256(self, *parts: str) -> str:
-        return file_sha256(self.fs, self.path(*parts))
+        with self._reach(*parts):
+            return file_sha256(self.fs, self.path(*parts))
 
     # -- writing ---------------------------------------------------------------------
     def makedirs(self, *parts: str) -> None:
@@ -151,7 +243,8 @@ class Storage:
             os.makedirs(posixpath.dirname(p), exist_ok=True)
         options = {} if block_size is None else {"block_size": block_size}
         try:
-            return self.fs.open(p, "wb", **options)  # type: ignore[no-any-return]
+            with self._reach(*parts):
+                return self.fs.open(p, "wb", **options)  # type: ignore[no-any-return]
         except OSError as exc:
             raise StorageError(f"{self.display(*parts)}: cannot write ({exc})") from None
 
@@ -182,7 +275,8 @@ class Storage:
         # completed multipart upload), so a failure inside the block, or a partial
         # upload, never replaces or creates the object; discard() aborts the upload.
         try:
-            f = self.fs.open(final, "wb", autocommit=False)
+            with self._reach(*parts):
+                f = self.fs.open(final, "wb", autocommit=False)
         except OSError as exc:
             raise StorageError(f"{self.display(*parts)}: cannot write ({exc})") from None
         try:
@@ -231,7 +325,7 @@ class Storage:
     def remove(self, *parts: str, recursive: bool = False) -> None:
         """Remove a file or folder; a missing one is not an error."""
         p = self.path(*parts)
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError), self._reach(*parts):
             self.fs.rm(p, recursive=recursive)
 
 

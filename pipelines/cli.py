@@ -1,8 +1,9 @@
 """The ``fae`` command line: the embedded default, no Airflow and no server needed.
 
 Each command parses its options, calls one ``pipelines.run_*`` function and prints a
-summary (``--json`` for machines). Library errors become one red line and exit code 1;
-``--debug`` shows the traceback instead.
+summary (``--json`` for machines). Library errors become one red line and exit code 1,
+2 for a path or URL the storage backends cannot use (``--debug`` shows the traceback
+instead); Ctrl-C becomes one line and exit code 130.
 
 The commands live in :mod:`pipelines.cli_raw` (synth, ingest) and
 :mod:`pipelines.cli_layout` (layout, plan, report, verify), what they share in

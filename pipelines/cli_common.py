@@ -38,14 +38,15 @@ Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.
 
 
 def _guarded(debug: bool, fn: Callable[[], T]) -> T:
-    """Run ``fn``; turn a library error into one red line and exit code 1."""
+    """Run ``fn``; turn a library error into one red line and its exit code (1; 2 for a
+    path or URL the storage backends cannot use), and Ctrl-C into one line and 130."""
     try:
         return fn()
     except FaeError as exc:
         if debug:
             raise
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(exc.exit_code) from None
     except BrokenPipeError:
         raise  # stdout's reader went away: Click exits 1 without a traceback
     except OSError as exc:  # storage the library did not check: a root that is a file, ...

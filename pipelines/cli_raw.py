@@ -6,13 +6,15 @@ Registered on the app in :mod:`pipelines.cli`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from fae_data.ingest import IngestParams
 from pipelines.cli_common import AsJson, Debug, Quiet, _emit, _guarded, _progress, out
+
+if TYPE_CHECKING:
+    from pipelines.ingest import IngestResult
 
 # --- synth ----------------------------------------------------------------------------
 
@@ -91,8 +93,6 @@ def ingest(
     Re-ingesting an unchanged source (same sha256) does nothing; a changed source
     replaces its partition atomically.
     """
-    from pipelines.ingest import run_ingest
-
     with _progress(not quiet and not as_json) as bar:
         tasks: dict[str, Any] = {}
 
@@ -107,9 +107,13 @@ def ingest(
             elapsed = max(bar.get_time() - start, 1e-9)
             bar.update(task, completed=nbytes, rate=f"{nrows:,} rows {nrows / elapsed:,.0f} rows/s")
 
-        result = _guarded(
-            debug,
-            lambda: run_ingest(
+        def run() -> IngestResult:
+            # Imported here, inside the guard: loading pyarrow and polars takes a while,
+            # and a Ctrl-C meanwhile should be the same one line as one during the run.
+            from fae_data.ingest import IngestParams
+            from pipelines.ingest import run_ingest
+
+            return run_ingest(
                 sources,
                 root,
                 IngestParams(kind=kind, max_reject_fraction=max_reject_fraction,
@@ -117,8 +121,9 @@ def ingest(
                 dataset=dataset,
                 partitions=partition,
                 progress=on_progress,
-            ),
-        )
+            )
+
+        result = _guarded(debug, run)
 
     def human() -> None:
         table = Table(title=f"ingested into {result.root}")

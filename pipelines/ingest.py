@@ -71,7 +71,8 @@ def run_ingest(
             f"two sources map to the same partition {duplicates[0]!r}: rename a file or "
             "pass explicit partition names"
         )
-    ds = check_name(dataset or params.kind, "dataset")
+    # Only a missing dataset defaults to the kind; an empty one is refused by name.
+    ds = check_name(params.kind if dataset is None else dataset, "dataset")
     storage = Storage(root)
     results = []
     for source, name in zip(sources, names, strict=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -204,3 +205,117 @@ def test_ingest_compression_option(runner: CliRunner, shared_data: Path, tmp_pat
                               "--compression", "gzip9"])
     assert res.exit_code != 0
     assert "compression 'gzip9' unknown: use one of lz4, zstd, snappy, none" in plain(res.output)
+
+
+# --- storage that cannot be used, empty names, Ctrl-C -----------------------------------
+
+
+@pytest.mark.usefixtures("no_aws_credentials")
+@pytest.mark.parametrize(("url", "protocol", "remedy"), [
+    ("s3://bucket/x", "s3://", "no usable credentials"),
+    ("nosuchproto://x", "nosuchproto://", "unknown protocol"),
+    ("gcs://x", "gcs://", "pip install gcsfs"),
+])
+@pytest.mark.parametrize("where", ["root", "source"])
+def test_unusable_storage_is_one_error_line(runner: CliRunner, shared_data: Path,
+                                            tmp_path: Path, url: str, protocol: str,
+                                            remedy: str, where: str) -> None:
+    """No credentials, an unknown protocol, a backend that is not installed: one line
+    naming the URL, the protocol and the remedy, exit code 2 (a setup problem), no
+    traceback; whether the URL is the storage root or a source."""
+    import importlib.util
+    import time
+
+    if protocol == "gcs://" and importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed")
+    if where == "root":
+        args = ["ingest", str(shared_data / KAGGLE), "--root", url]
+    else:
+        args = ["ingest", f"{url}/day_0.tsv", "--root", str(tmp_path / "root")]
+    start = time.monotonic()
+    res = runner.invoke(app, args)
+    assert time.monotonic() - start < 5
+    assert res.exit_code == 2, res.output
+    line = _assert_one_error_line(res.stderr, url)
+    assert protocol in line and remedy in line
+    assert not (tmp_path / "root" / "ingested" / "criteo" / "day_0").exists()
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("--root", "storage root '' is empty: give a folder or a URL"),
+    ("--dataset", "dataset name is empty"),
+])
+def test_empty_root_or_dataset_is_refused(runner: CliRunner, shared_data: Path,
+                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          option: str, message: str) -> None:
+    monkeypatch.chdir(tmp_path)  # an empty root used to mean the current folder
+    args = ["ingest", str(shared_data / KAGGLE), "--root", str(tmp_path / "root"), option, ""]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1, res.output
+    assert message in _assert_one_error_line(res.stderr, "empty")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _interrupt(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _assert_interrupted(res: Any) -> None:
+    assert res.exit_code == 130, res.output
+    lines = [ln for ln in plain(res.stderr).splitlines() if ln.strip()]
+    assert lines == ["interrupted: committed results are intact; rerun to finish"]
+    assert "Traceback" not in res.output
+
+
+def test_ctrl_c_during_ingest_is_one_line_and_keeps_the_committed_partition(
+        runner: CliRunner, shared_data: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    src, root = tmp_path / "day_0.tsv", tmp_path / "root"
+    src.write_bytes((shared_data / KAGGLE).read_bytes())
+    res = runner.invoke(app, ["ingest", str(src), "--root", str(root), "--quiet"])
+    assert res.exit_code == 0, res.output
+    folder = root / "ingested" / "criteo" / "day_0"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    src.write_bytes(src.read_bytes() * 2)  # a changed source: its partition is replaced
+    monkeypatch.setattr("fae_data.block_reader._process_block", _interrupt)
+    _assert_interrupted(runner.invoke(app, ["ingest", str(src), "--root", str(root)]))
+    # the replacement in progress left nothing behind; the committed partition is as it was
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+    first = tmp_path / "day_1.tsv"
+    first.write_bytes(src.read_bytes())
+    _assert_interrupted(runner.invoke(app, ["ingest", str(first), "--root", str(root)]))
+    assert not (root / "ingested" / "criteo" / "day_1").exists()  # no partition at all
+
+
+def test_ctrl_c_while_loading_the_ingest_stage_is_one_line(
+        runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading pyarrow and polars takes a moment after `fae ingest` starts: a Ctrl-C then
+    is the same one line and 130 (it was Click's "Aborted!" and exit code 1)."""
+    import importlib.abc
+    import sys
+
+    class Interrupting(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, *args: object) -> None:
+            if name == "pipelines.ingest":
+                raise KeyboardInterrupt
+
+    monkeypatch.delitem(sys.modules, "pipelines.ingest", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    _assert_interrupted(runner.invoke(app, ["ingest", str(tmp_path / "x.tsv"),
+                                            "--root", str(tmp_path / "root")]))
+
+
+def test_the_cli_starts_without_loading_the_data_libraries() -> None:
+    """Until a command runs, a Ctrl-C can only be Python's traceback: loading the CLI must
+    stay quick, the data libraries being loaded by the command, inside its guard."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipelines.cli; "
+            "print(sorted(m for m in ('pyarrow', 'polars', 'numpy', 'fae_data.ingest') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr

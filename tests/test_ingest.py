@@ -988,3 +988,115 @@ def test_object_store_root(shared_data: Path, tmp_path: Path) -> None:
         assert storage.listdir("ingested", "criteo", "q") == []
     finally:
         storage.remove("", recursive=True)
+
+
+# --- byte order marks, names, the recorded source ----------------------------------------
+
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize(("name", "kind"), [(KAGGLE, "criteo"), (TAOBAO_USER, "taobao")])
+def test_a_leading_bom_is_dropped(shared_data: Path, tmp_path: Path, name: str, kind: str,
+                                  gz: bool) -> None:
+    """A UTF-8 BOM before the first record (Excel, Notepad) is not part of the data: the
+    rows are those of the same file without it, and the first line is not refused."""
+    data = (shared_data / name).read_bytes()
+    src = tmp_path / ("bom.txt.gz" if gz else "bom.txt")
+    src.write_bytes(gzip.compress(BOM + data) if gz else BOM + data)
+    result = ingest(src, tmp_path / "root", kind)
+    assert_matches_reference(tmp_path / "root", data, kind, result)  # the file without BOM
+    assert result.rows_rejected == 0
+    assert result.rows_in == result.rows_ok + result.rows_rejected == data.count(b"\n")
+    # the checksum is of the file as stored, BOM included
+    marker = load(tmp_path / "root", kind)[0]
+    assert marker["source"]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(("kind", "header", "sample"), [
+    ("criteo", b"\t".join(c.encode() for c in CRITEO_COLS), KAGGLE),
+    ("taobao", b"user_id,item_id,category_id,behavior_type,timestamp", TAOBAO_USER),
+])
+def test_a_header_after_a_bom_is_still_a_header(shared_data: Path, tmp_path: Path, kind: str,
+                                                header: bytes, sample: str) -> None:
+    src = tmp_path / "bom_header.txt"
+    src.write_bytes(BOM + header + b"\n" + (shared_data / sample).read_bytes())
+    with pytest.raises(InputError, match=re.escape(str(src)) + r":1: looks like a header row"):
+        ingest(src, tmp_path / "root", kind)
+    assert folder_files(tmp_path / "root", kind) == []
+
+
+def test_a_bom_after_the_start_is_data(shared_data: Path, tmp_path: Path) -> None:
+    """Only the file's first bytes may be a BOM; one further in (two files concatenated)
+    is a malformed record like any other."""
+    lines = (shared_data / KAGGLE).read_bytes().split(b"\n")
+    lines[1] = BOM + lines[1]
+    data = b"\n".join(lines)
+    src = tmp_path / "mid_bom.tsv"
+    src.write_bytes(data)
+    result = ingest(src, tmp_path / "root")
+    assert_matches_reference(tmp_path / "root", data, "criteo", result)
+    assert result.rows_rejected == 1
+
+
+@pytest.mark.parametrize("what", ["dataset", "partition"])
+def test_overlong_names_are_refused_up_front(shared_data: Path, tmp_path: Path,
+                                            what: str) -> None:
+    """A name is part of file names (``.<partition>.lock``), which have at most 255 bytes:
+    refused by the name check, with the limit, before anything is written."""
+    long = "d" * 250
+    names = {"dataset": "criteo", "partition": "p", what: long}
+    with pytest.raises(InputError, match=rf"{what} name 'd+'\.\.\. is 250 characters long, "
+                                         r"more than the 128 allowed"):
+        ingest_source(str(shared_data / KAGGLE), Storage(str(tmp_path)), names["dataset"],
+                      names["partition"], IngestParams("criteo"))
+    assert list(tmp_path.iterdir()) == []
+    names[what] = "d" * 128  # the longest allowed name works end to end
+    result = ingest_source(str(shared_data / KAGGLE), Storage(str(tmp_path)),
+                           names["dataset"], names["partition"], IngestParams("criteo"))
+    assert result.rows_ok == 1000
+
+
+def test_an_empty_dataset_name_is_refused(shared_data: Path, tmp_path: Path) -> None:
+    from pipelines.ingest import run_ingest
+
+    with pytest.raises(InputError, match="dataset name is empty"):
+        run_ingest([str(shared_data / KAGGLE)], str(tmp_path), IngestParams("criteo"),
+                   dataset="")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_root_is_refused(shared_data: Path, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.ingest import run_ingest
+
+    monkeypatch.chdir(tmp_path)  # an empty root used to mean the current folder
+    with pytest.raises(InputError, match=r"storage root '' is empty"):
+        run_ingest([str(shared_data / KAGGLE)], "", IngestParams("criteo"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_marker_records_the_absolute_source(shared_data: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative path means nothing to a later reader: the marker records the file's
+    absolute path (links resolved); a URL is recorded as given."""
+    real = tmp_path / "landing" / "day_3.tsv"
+    real.parent.mkdir()
+    real.write_bytes((shared_data / KAGGLE).read_bytes())
+    (tmp_path / "latest.tsv").symlink_to(real)
+    monkeypatch.chdir(tmp_path)
+    for given, partition in (("landing/day_3.tsv", "a"), ("latest.tsv", "b"),
+                             ("./landing/../landing/day_3.tsv", "c")):
+        result = ingest(given, tmp_path / "root", partition=partition)
+        assert result.source == given  # the summary shows what the user typed
+        assert load(tmp_path / "root", partition=partition)[0]["source"]["url"] == \
+            str(real.resolve())
+
+    mem = fsspec.filesystem("memory")
+    mem.pipe("/fae-tests-url/day.tsv", real.read_bytes())
+    try:
+        ingest("memory://fae-tests-url/day.tsv", tmp_path / "root", partition="m")
+    finally:
+        mem.rm("/fae-tests-url", recursive=True)
+    assert load(tmp_path / "root", partition="m")[0]["source"]["url"] == \
+        "memory://fae-tests-url/day.tsv"

@@ -7,8 +7,8 @@
 
 Data parallel: ``torchrun --nproc_per_node=G -m trainer.cli ...`` (see
 :mod:`trainer.distributed`). Errors (a bad layout, a checksum mismatch, a checkpoint of
-another vocabulary) print one ``error: ...`` line and exit 1; ``--debug`` shows the
-traceback instead.
+another vocabulary) print one ``error: ...`` line and exit 1 (2 for a storage URL that
+no backend can use or reach); Ctrl-C exits 130; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except OSError as exc:  # e.g. a checkpoint folder that cannot be written
         if args.debug:
             raise
