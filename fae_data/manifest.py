@@ -10,6 +10,12 @@ absolute path or one with ``..`` is refused, so a manifest can never make a read
 files outside its layout. ``dataset.partitions[].path`` records provenance relative to the
 storage root and is never opened by readers.
 
+Compatibility within v1: readers ignore fields they do not know, so a writer may add an
+optional field (``tables[].vocab_bytes`` and ``vocab_sha256`` were added that way:
+manifests written before them lack both, and readers check what is recorded). A change
+an older reader would misread (a field renamed, removed or given another meaning)
+bumps the format.
+
 This module is imported by the trainer: it depends on the standard library and fsspec
 (through :mod:`fae_data.storage`) only.
 """
@@ -58,6 +64,8 @@ class TableRef:
     dim: int
     vocab_path: str  # Parquet (value, count, id), relative to the manifest folder
     accesses: int = 0  # training lookups of the table, id 0 (null/unseen/rare) included
+    vocab_bytes: int | None = None  # size of the vocabulary file (None: not recorded)
+    vocab_sha256: str | None = None  # its sha256 (None: an older v1 writer)
 
 
 @dataclass(frozen=True)

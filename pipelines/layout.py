@@ -12,6 +12,8 @@ product and returns it; a crash leaves only unreferenced files, which the rerun 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import io
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -190,14 +192,18 @@ def write_vocabs(
     params: LayoutParams, vocab_dir: str = VOCAB_DIR,
 ) -> list[mf.TableRef]:
     """Write ``<vocab_dir>/<table>.parquet`` (value, count, id) into the layout folder;
-    returns the manifest's table entries."""
+    returns the manifest's table entries, with each file's size and sha256 (hashed from
+    the bytes written: no second read, which matters on an object store)."""
     refs = []
     for t in vocabs.tables:
         rel = f"{vocab_dir}/{t}.parquet"
-        with storage.open_atomic(*folder, vocab_dir, f"{t}.parquet") as f:
-            vocabs.frames[t].write_parquet(f)
+        buffer = io.BytesIO()  # a vocabulary is small: tens of MB for millions of values
+        vocabs.frames[t].write_parquet(buffer)
+        data = buffer.getvalue()
+        storage.write_bytes_atomic(data, *folder, vocab_dir, f"{t}.parquet")
         refs.append(mf.TableRef(t, vocabs.frames[t].height + 1, int(hot_rows[t]),
-                                params.dim_of(t), rel, int(vocabs.counts[t].sum())))
+                                params.dim_of(t), rel, int(vocabs.counts[t].sum()),
+                                len(data), hashlib.sha256(data).hexdigest()))
     return refs
 
 

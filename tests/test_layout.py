@@ -519,6 +519,41 @@ def test_checksum_mismatch_fails_verify(tmp_path, synthetic_days):
     assert m.shards[0].path in checks["shard checksums"].detail
 
 
+def test_vocabulary_checksums_are_recorded_and_verified(tmp_path, synthetic_days):
+    """verify compared a vocabulary's row count only: values swapped or rewritten with the
+    same count passed. The manifest now records each file's size and sha256."""
+    import hashlib
+
+    import polars as pl
+
+    m, layout_dir = build(tmp_path / "r", synthetic_days, budget="64KiB", batch_size=128)
+    for t in m.tables:
+        data = (layout_dir / t.vocab_path).read_bytes()
+        assert (t.vocab_bytes, t.vocab_sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    checks = {c.name: c for c in verify_layout(*mf.load(str(layout_dir)), deep=False)}
+    assert checks["vocabularies"].ok and "checksums match" in checks["vocabularies"].detail
+
+    vocab = layout_dir / m.tables[2].vocab_path
+    frame = pl.read_parquet(vocab)
+    swapped = frame.with_columns(pl.col("value").reverse())  # same rows, other ids
+    swapped.write_parquet(vocab)
+    checks = {c.name: c for c in verify_layout(*mf.load(str(layout_dir)), deep=False)}
+    assert not checks["vocabularies"].ok
+    assert re.search(rf"{re.escape(m.tables[2].vocab_path)}: (\d+ bytes|sha256)",
+                     checks["vocabularies"].detail)
+
+    # A layout written before the checksums were recorded: sizes only, and it says so.
+    frame.write_parquet(vocab)
+    path = layout_dir / mf.MANIFEST
+    d = json.loads(path.read_text())
+    for t in d["tables"]:
+        del t["vocab_bytes"], t["vocab_sha256"]
+    path.write_text(json.dumps(d))
+    checks = {c.name: c for c in verify_layout(*mf.load(str(layout_dir)), deep=False)}
+    assert checks["vocabularies"].ok
+    assert f"{len(m.tables)} without a recorded checksum" in checks["vocabularies"].detail
+
+
 def test_verify_reports_unreadable_and_missing_files_instead_of_crashing(tmp_path, synthetic_days):
     """A shard or vocabulary that is not Parquet at all is a failed check with its path,
     and a check that could not read a missing shard does not pass."""

@@ -40,7 +40,8 @@ _TMP = ".tmp-"
 
 
 def vocab_fingerprint(reader: LayoutReader) -> dict[str, Any]:
-    """Names and sizes of the tables and the sha256 of their vocabulary files."""
+    """Names and sizes of the tables and the sha256 of their vocabulary files, each
+    checked against the manifest's where it records one (before the first step)."""
     m, store = reader.manifest, reader.store
     shas = {}
     for t in m.tables:
@@ -48,6 +49,12 @@ def vocab_fingerprint(reader: LayoutReader) -> dict[str, Any]:
             raise ManifestError(f"layout {m.layout_id}: vocabulary {store.display(t.vocab_path)} "
                                 f"of table {t.name} is missing")
         shas[t.name] = store.sha256(t.vocab_path)
+        if t.vocab_sha256 is not None and shas[t.name] != t.vocab_sha256:
+            raise ManifestError(
+                f"layout {m.layout_id}: vocabulary {store.display(t.vocab_path)} of table "
+                f"{t.name} has sha256 {shas[t.name][:12]}..., the manifest says "
+                f"{t.vocab_sha256[:12]}...: it changed after the layout was published; "
+                "rebuild the layout (fae layout --force)")
     tables = [[t.name, t.vocab_size] for t in m.tables]
     digest = hashlib.sha256(json.dumps([tables, shas], sort_keys=True).encode()).hexdigest()
     return {"tables": tables, "sha256": shas, "digest": digest}

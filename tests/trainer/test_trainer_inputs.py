@@ -283,3 +283,19 @@ def test_ctrl_c_is_one_line(layouts: Layouts, tmp_path: Path, monkeypatch, capsy
     assert main([layouts.criteo, "--quiet", "--checkpoint", str(ck)]) == 130
     assert capsys.readouterr().err.strip() == (
         f"interrupted: continue from the last checkpoint with --resume {ck}")
+
+
+def test_a_changed_vocabulary_is_refused(layout_copy) -> None:  # type: ignore[no-untyped-def]
+    """The reader verified every shard checksum but not the vocabularies, whose sha256 it
+    computes anyway (the checkpoint fingerprint): a vocabulary changed after publish now
+    stops the run before the first step."""
+    import polars as pl
+
+    manifest = layout_copy()
+    table = json.loads(manifest.read_text())["tables"][0]
+    vocab = manifest.parent / table["vocab_path"]
+    frame = pl.read_parquet(vocab)
+    frame.with_columns(pl.col("value").reverse()).write_parquet(vocab)
+    with pytest.raises(ManifestError, match=rf"vocabulary .*{table['name']}.parquet of table "
+                       rf"{table['name']} has sha256 .* changed after the layout was published"):
+        Trainer(TrainConfig(str(manifest), **CPU_TINY))  # type: ignore[arg-type]
