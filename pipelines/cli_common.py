@@ -27,8 +27,11 @@ from rich.progress import (
 
 from fae_data.errors import FaeError, os_error_message
 
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: a line is not broken at the console's width (80 columns when stdout is a
+# pipe or a file), so `fae demo | tee log` keeps one summary line per line. Tables still
+# fit the width.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 T = TypeVar("T")
 
