@@ -154,7 +154,7 @@ class Trainer:
             config.adapt_tolerance, config.seed), config.epochs)
         self.steps_per_epoch = math.ceil(self.schedule.batches_per_epoch / self.world)
         self.step = self.samples = 0
-        self.epoch = 0  # epoch of the last step taken
+        self.epoch = 0  # epoch of the last step taken, 0-based (logs and summaries say +1)
         self.queue: deque[tuple[int, list[BatchRef], str]] = deque()  # handed out, untrained
         self.seconds = {"hot": 0.0, "cold": 0.0, "eval": 0.0, "probe": 0.0}
         self.switches = 0
@@ -265,7 +265,7 @@ class Trainer:
         start = time.perf_counter()
         result = {s: self.evaluate(s) for s in ("val", "test")}
         self.seconds["eval"] += time.perf_counter() - start
-        self.last_eval = {"step": self.step, "epoch": self.epoch, "why": why,
+        self.last_eval = {"step": self.step, "epoch": self.epoch + 1, "why": why,
                           **{k: v for k, v in result.items() if v is not None}}
         if self.is_main:
             log.info("eval %s step %d | %s", why, self.step, " | ".join(
@@ -355,7 +355,7 @@ class Trainer:
                     # Before the next epoch's first minibatch leaves the queue: a checkpoint
                     # written here must still list it as pending.
                     ended, self.epoch = self.epoch, self.queue[0][0]
-                    self._evaluate_all(f"epoch {ended} end")
+                    self._evaluate_all(f"epoch {ended + 1} end")
                 epoch, refs, kind = self.queue.popleft()
                 batch = pre.get() if self.rank < len(refs) else None
                 self._enter(kind)
@@ -373,7 +373,7 @@ class Trainer:
         done = self.schedule.done and not self.queue
         if self._loss_steps:
             self._log_interval()
-        self._evaluate_all(f"epoch {self.epoch} end" if done else "end")
+        self._evaluate_all(f"epoch {self.epoch + 1} end" if done else "end")
         if self.is_main and not all(math.isfinite(self.last_eval[s]["logloss"])
                                     for s in ("val", "test") if s in self.last_eval):
             log.warning("the model's predictions are not finite: training diverged; lower --lr")
@@ -391,7 +391,7 @@ class Trainer:
             total = max(secs, 1e-9)
             log.info("step %d | epoch %d | loss %.4f | %s samples/s | lr %.4g | hot %.0f%% "
                      "cold %.0f%% sync %.0f%% | switches %d | run %d | phase %s",
-                     self.step, self.epoch, loss, f"{rate:,.0f}", self.lr_at(self.step),
+                     self.step, self.epoch + 1, loss, f"{rate:,.0f}", self.lr_at(self.step),
                      100 * self.seconds["hot"] / total, 100 * self.seconds["cold"] / total,
                      100 * self.placement.sync_seconds / total, self.switches,
                      self.schedule.run_length, self._phase or "-")
@@ -406,7 +406,7 @@ class Trainer:
             "layout_id": self.reader.manifest.layout_id, "placement": self.cfg.placement,
             "device": str(self.device), "optimizer": self.cfg.optimizer,
             "schedule": self.cfg.schedule, "world_size": self.world, "steps": self.step,
-            "epoch": self.epoch, "samples": self.samples, "train_seconds": secs,
+            "epoch": self.epoch + 1, "samples": self.samples, "train_seconds": secs,
             "samples_per_s": (self.samples - self._samples_at_start) / secs if secs > 0 else None,
             "seconds": {**self.seconds, "sync": self.placement.sync_seconds},
             "switches": self.switches, "syncs": self.placement.copies,
@@ -458,11 +458,11 @@ class Trainer:
         elif self.is_main:
             log.warning("resuming %s from layout %s on layout %s (same vocabulary): epoch %d "
                         "restarts over this layout's minibatches", c["path"], c["layout_id"],
-                        self.reader.manifest.layout_id, self.schedule.epoch)
+                        self.reader.manifest.layout_id, self.schedule.epoch + 1)
         torch.set_rng_state(c["rng"]["torch"])
         self._mark = (self.step, self.samples, 0.0)
         if self.is_main:
-            log.info("resumed %s at step %d, epoch %d", c["path"], self.step, self.epoch)
+            log.info("resumed %s at step %d, epoch %d", c["path"], self.step, self.epoch + 1)
 
 
 def _json_safe(obj: Any) -> Any:

@@ -44,6 +44,8 @@ def test_model_learns(layouts: Layouts) -> None:
     assert auc > 0.6
     assert summary["steps"] == 8 * 11 and summary["samples"] == 8 * 20_000
     assert summary["switches"] >= 8 and summary["seconds"]["hot"] > 0
+    # Epochs are counted from 1 where people read them (the summary said epoch 7 here).
+    assert summary["epoch"] == 8
 
 
 @pytest.mark.parametrize("optimizer,schedule", [("sgd", "fixed"), ("adagrad", "adaptive")])
