@@ -220,6 +220,8 @@ def _check(m: Manifest, where: str) -> None:
                 f"vocab_size ({t.vocab_size})"
             )
     names = {t.name for t in m.tables}
+    _refuse_repeats([t.name for t in m.tables], f"{where}: table")
+    _refuse_repeats([posixpath.normpath(s.path) for s in m.shards], f"{where}: shard")
     for c in m.columns:
         if c.role == "sparse" and c.table not in names:
             raise ManifestError(f"{where}: column {c.name} refers to unknown table {c.table!r}")
@@ -236,6 +238,15 @@ def _check(m: Manifest, where: str) -> None:
                 f"{where}: shard {s.path}: {s.rows} rows do not match {s.batches} batches of "
                 f"{batch} (last {s.last_batch_rows})"
             )
+
+
+def _refuse_repeats(items: list[str], what: str) -> None:
+    """A table or shard listed twice would be trained (and counted) twice."""
+    seen: set[str] = set()
+    for item in items:
+        if item in seen:
+            raise ManifestError(f"{what} {item} is listed more than once")
+        seen.add(item)
 
 
 def layout_folder(layout: str) -> tuple[str, str]:

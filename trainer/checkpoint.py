@@ -120,8 +120,12 @@ def _alive(pid: int) -> bool:
 
 def check_folder(folder: str | os.PathLike[str]) -> None:
     """Create ``folder`` and write a probe file there, so that an unusable checkpoint
-    folder is refused before the first step, not after a whole epoch of training."""
+    folder is refused before the first step, not after a whole epoch of training; refuse
+    a layout folder or a storage root's ``layouts/``, whose ``LATEST`` a checkpoint
+    would overwrite (the root then named a checkpoint as its newest layout)."""
     out = Path(folder)
+    if problem := _not_for_checkpoints(out):
+        raise CheckpointError(f"--checkpoint {folder}: {problem}; give a folder of its own")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f"{_TMP}{os.getpid()}-probe"
@@ -130,6 +134,21 @@ def check_folder(folder: str | os.PathLike[str]) -> None:
     except OSError as exc:
         raise CheckpointError(f"--checkpoint {folder}: cannot write checkpoints there "
                               f"({exc.strerror or exc})") from None
+
+
+def _not_for_checkpoints(out: Path) -> str | None:
+    """Why ``out`` holds something other than checkpoints that they would damage."""
+    if not out.is_dir():
+        return None
+    latest = out / LATEST
+    if latest.is_file():
+        named = latest.read_text(errors="replace").strip()
+        if not (named.startswith("ckpt-") and named.endswith(".pt")):
+            return f"its {LATEST} names {named[:40]!r}, not a checkpoint (a layouts folder?)"
+    if (out / "manifest.json").is_file() or any(
+            (p / "manifest.json").is_file() for p in out.iterdir() if p.is_dir()):
+        return "it holds a layout (manifest.json)"
+    return None
 
 
 def resolve(path: str | os.PathLike[str]) -> Path:

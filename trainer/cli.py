@@ -83,11 +83,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--prefetch", type=int, default=d.prefetch,
                     help="minibatches read ahead on a background thread")
     ap.add_argument("--bottom-mlp", type=_widths, default=d.bottom_mlp, metavar="W-W-...",
-                    help="bottom MLP widths; the last equals the embedding dimension")
+                    help="bottom MLP widths, the last equal to the embedding dimension "
+                    "(default 512-256-64-DIM; on resume, the checkpoint's)")
     ap.add_argument("--top-mlp", type=_widths, default=d.top_mlp, metavar="W-W-...",
-                    help="top MLP widths; the last is 1")
+                    help="top MLP widths, the last 1 (default 512-256-1; on resume, the "
+                    "checkpoint's)")
     ap.add_argument("--list-pooling", choices=LIST_POOLINGS, default=d.list_pooling,
-                    help="pooling of list columns (histories)")
+                    help="pooling of list columns (histories; default mean; on resume, the "
+                    "checkpoint's)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("--quiet", "-q", action="store_true", help="only warnings and the summary")
     ap.add_argument("--debug", action="store_true", help="show tracebacks of errors")

@@ -43,9 +43,12 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     prefetch: int = 4
-    bottom_mlp: tuple[int, ...] = (512, 256, 64, 16)
-    top_mlp: tuple[int, ...] = (512, 256, 1)
-    list_pooling: str = "mean"
+    # Model shape; None: DLRM's Kaggle default (the bottom MLP ending in the layout's
+    # embedding dimension), or on resume the checkpoint's. Given, it must agree with a
+    # checkpoint's.
+    bottom_mlp: tuple[int, ...] | None = None
+    top_mlp: tuple[int, ...] | None = None
+    list_pooling: str | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -67,17 +70,25 @@ class TrainConfig:
                 ("warmup_steps", self.warmup_steps), ("eval_every", self.eval_every),
                 ("log_every", self.log_every))),
             *((value >= 1, f"{name} ({value}) must be >= 1") for name, value in (
-                ("prefetch", self.prefetch), ("adapt_batches", self.adapt_batches))),
+                ("prefetch", self.prefetch), ("adapt_batches", self.adapt_batches),
+                ("switch_every", self.switch_every), ("adapt_every", self.adapt_every),
+                ("adapt_max", self.adapt_max))),
+            (self.decay_steps is None or self.decay == "none"
+             or self.decay_steps > self.warmup_steps,
+             f"decay_steps ({self.decay_steps}) must be larger than warmup_steps "
+             f"({self.warmup_steps}): the decay runs from the end of the warmup to it"),
         ]
         for ok, message in checks:
             if not ok:
                 raise TrainerError(message)
-        self.bottom_mlp = tuple(self.bottom_mlp)
-        self.top_mlp = tuple(self.top_mlp)
+        for name in ("bottom_mlp", "top_mlp"):
+            if getattr(self, name) is not None:
+                setattr(self, name, tuple(getattr(self, name)))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["bottom_mlp"], d["top_mlp"] = list(self.bottom_mlp), list(self.top_mlp)
+        for name in ("bottom_mlp", "top_mlp"):
+            d[name] = None if d[name] is None else list(d[name])
         return d
 
     @classmethod

@@ -249,9 +249,15 @@ class LayoutReader:
         """Read one minibatch (synchronously) into host tensors."""
         owned = files is None
         files = files or ShardFiles(self.store)
+        shard = self.manifest.shards[ref.shard]
         try:
-            shard = self.manifest.shards[ref.shard]
             table = files.get(shard.path).read_row_group(ref.group, columns=self.schema.columns)
+        except (pa.ArrowException, OSError) as exc:  # changed since it was verified
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise TrainerError(
+                f"{self.store.display(shard.path)} row group {ref.group}: unreadable ({first}); "
+                "the shard changed after the layout was verified at start: run `fae verify` "
+                "on the layout, then resume from the last checkpoint") from None
         finally:
             if owned:
                 files.close()

@@ -56,7 +56,7 @@ class DLRMConfig:
                 f"model needs num_dense >= 0, num_sparse >= 1 and embedding_dim >= 1, found "
                 f"{self.num_dense}, {self.num_sparse}, {self.embedding_dim}"
             )
-        if not self.bottom_mlp or self.bottom_mlp[-1] != self.embedding_dim:
+        if self.num_dense and (not self.bottom_mlp or self.bottom_mlp[-1] != self.embedding_dim):
             raise TrainerError(
                 f"bottom MLP {'-'.join(map(str, self.bottom_mlp)) or '(empty)'} must end in the "
                 f"embedding dimension {self.embedding_dim} (its output is dotted with embeddings)"

@@ -56,23 +56,37 @@ def hot_budget_overrun(m: Manifest, optimizer: str) -> str | None:
             f"--optimizer-slots {slots}")
 
 
-def _bottom_widths(widths: tuple[int, ...], dim: int) -> tuple[int, ...]:
-    """The default bottom MLP (DLRM's Kaggle 512-256-64-16) ends in the layout's embedding
-    dimension, whatever it is; widths given explicitly are taken as they are (and checked
-    by the model)."""
-    if widths == TrainConfig.__dataclass_fields__["bottom_mlp"].default and widths[-1] != dim:
-        return (*widths[:-1], dim)
-    return widths
+def _model_config(config: TrainConfig, num_dense: int, num_sparse: int, dim: int
+                  ) -> DLRMConfig:
+    """The model a new run trains: the options given, DLRM's Kaggle setup for the others,
+    the default bottom MLP (512-256-64-16) ending in the layout's embedding dimension
+    (widths given explicitly are taken as they are, and checked by the model)."""
+    d = DLRMConfig()
+    bottom = config.bottom_mlp or (*d.bottom_mlp[:-1], dim)
+    return DLRMConfig(num_dense, num_sparse, dim, bottom, config.top_mlp or d.top_mlp,
+                      config.list_pooling or d.list_pooling)
+
+
+def _same_layout_everywhere(ctx: dp.DistContext, layout_id: str) -> None:
+    """Each rank resolves ``ROOT/layouts/LATEST`` on its own: a layout published while
+    the ranks start would split them over two layouts (a crash on other table sizes,
+    silent divergence on equal ones). Refused on every rank before the first step."""
+    ids = dp.all_gather_objects(ctx, layout_id)
+    if len(set(ids)) > 1:
+        raise TrainerError(
+            f"the ranks resolved different layouts ({', '.join(f'rank {r}: {i}' for r, i in enumerate(ids))}), "
+            "a layout was published while they started; pass the manifest path of one "
+            "layout instead of the root")
 
 
 def _check_model_options(config: TrainConfig, saved: DLRMConfig, path: str) -> None:
-    """A resumed run takes its model's shape from the checkpoint; an explicitly given
-    shape option that says otherwise is refused rather than silently ignored (an option
-    left at its default follows the checkpoint)."""
-    defaults = TrainConfig.__dataclass_fields__
+    """A resumed run takes its model's shape from the checkpoint; a shape option given
+    that says otherwise is refused rather than silently ignored."""
     for option in ("bottom_mlp", "top_mlp", "list_pooling"):
         given, had = getattr(config, option), getattr(saved, option)
-        if given != defaults[option].default and given != had:
+        if option == "bottom_mlp" and not saved.num_dense:
+            continue  # no bottom MLP (no dense features): the option does not apply
+        if given is not None and given != had:
             flag = "--" + option.replace("_", "-")
             had_s, given_s = ("-".join(map(str, v)) if isinstance(v, tuple) else str(v)
                               for v in (had, given))
@@ -93,6 +107,8 @@ class Trainer:
         resume = ckpt_io.load(config.resume) if config.resume else None
         self.reader = LayoutReader(config.target)
         m = self.reader.manifest
+        if ctx is not None:
+            _same_layout_everywhere(ctx, m.layout_id)
         self.fingerprint = ckpt_io.vocab_fingerprint(self.reader)
         if resume is not None:
             ckpt_io.check_vocab(resume["vocab"], self.fingerprint, resume["layout_id"],
@@ -106,9 +122,8 @@ class Trainer:
         self.device = resolve_device(config.device, ctx)
         sch = self.reader.schema
         self.model_config = (DLRMConfig.from_dict(resume["model_config"]) if resume else
-                             DLRMConfig(len(sch.dense), sch.num_sparse, self.reader.dim,
-                                        _bottom_widths(config.bottom_mlp, self.reader.dim),
-                                        config.top_mlp, config.list_pooling))
+                             _model_config(config, len(sch.dense), sch.num_sparse,
+                                           self.reader.dim))
         mc = self.model_config
         if resume is not None:
             _check_model_options(config, mc, resume["path"])
@@ -122,9 +137,13 @@ class Trainer:
                                    self.reader.list_tables, mc.embedding_dim,
                                    config.optimizer, self.device, mc.list_pooling)
         self.compute = self.placement.compute
-        if config.placement == "fae" and (over := hot_budget_overrun(m, config.optimizer)):
+        if config.placement == "fae" and (over := hot_budget_overrun(m, config.optimizer)) \
+                and self.is_main:
             log.warning(over)
-        if not sch.dense and config.optimizer == "sgd" and resume is None:
+        if not sch.dense and config.bottom_mlp is not None and self.is_main:
+            log.warning("layout %s has no dense features, so the model has no bottom MLP: "
+                        "--bottom-mlp is ignored", m.layout_id)
+        if not sch.dense and config.optimizer == "sgd" and resume is None and self.is_main:
             log.warning("layout %s has no dense features: its embeddings alone carry the "
                         "signal, and SGD barely moves rarely seen rows (on the real Taobao "
                         "sample it stayed at the constant prediction); train it with "
@@ -152,32 +171,51 @@ class Trainer:
         self.schedule = HotColdSchedule(hot, cold, ScheduleConfig(
             config.schedule, config.switch_every, 1, config.adapt_max, config.adapt_every,
             config.adapt_tolerance, config.seed), config.epochs)
+        # Exact for one process; under data parallel a step takes up to `world` minibatches
+        # of one kind, so an epoch takes at least this many steps.
         self.steps_per_epoch = math.ceil(self.schedule.batches_per_epoch / self.world)
         self.step = self.samples = 0
+        self.batches = 0  # minibatches trained, over all ranks: the decay's clock
+        self._last_lr = config.lr
         self.epoch = 0  # epoch of the last step taken, 0-based (logs and summaries say +1)
         self.queue: deque[tuple[int, list[BatchRef], str]] = deque()  # handed out, untrained
         self.seconds = {"hot": 0.0, "cold": 0.0, "eval": 0.0, "probe": 0.0}
         self.switches = 0
         self.last_eval: dict[str, Any] = {}
         self.last_checkpoint: str | None = None
-        self._phase: str | None = None
+        self._phase: str | None = None  # the phase being timed
+        self._last_phase: str | None = None  # of the last step, kept across evaluations and resumes
         self._phase_start = 0.0
         self._loss_sum = torch.zeros((), device=self.compute)
         self._loss_steps = 0
         self._mark = (0, 0, 0.0)  # step, samples, train seconds at the last log line
         if resume is not None:
             self._restore(resume)
-        self._samples_at_start = self.samples  # the rate counts this process's samples
+        # The summary's rate counts this process's samples and seconds.
+        self._samples_at_start, self._seconds_at_start = self.samples, self.train_seconds
 
     # -- learning rate -------------------------------------------------------------------
-    def lr_at(self, step: int) -> float:
+    def lr_at(self, step: int, batches: int) -> float:
+        """The learning rate of step ``step``, taken after ``batches`` trained minibatches.
+
+        Warmup counts steps. The decay runs from the end of the warmup to
+        ``--decay-steps`` steps, or by default to the end of the last epoch, counted in
+        minibatches: under data parallel a step takes up to one minibatch per rank, all
+        of one kind, so the number of steps depends on the hot/cold runs (and, adaptive,
+        on the probes), while the number of minibatches does not. (Counting steps made
+        two ranks reach lr 0 halfway through the run.) In one process the two clocks agree.
+        """
         c = self.cfg
         if step < c.warmup_steps:
             return c.lr * (step + 1) / c.warmup_steps
         if c.decay == "none":
             return c.lr
-        horizon = c.decay_steps or c.epochs * self.steps_per_epoch
-        progress = min(1.0, (step - c.warmup_steps) / max(1, horizon - c.warmup_steps))
+        if c.decay_steps:
+            progress = min(1.0, (step - c.warmup_steps) / (c.decay_steps - c.warmup_steps))
+        else:
+            total = c.epochs * self.schedule.batches_per_epoch
+            warm = min(c.warmup_steps * self.world, total - 1)  # minibatches of the warmup
+            progress = min(1.0, max(0, batches - warm) / max(1, total - warm))
         if c.decay == "linear":
             return c.lr * (1.0 - progress)
         return c.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -189,7 +227,7 @@ class Trainer:
         The loss is the sum of per-sample losses over ``total_rows`` (the rows of the whole
         step over all ranks), so gradients summed over ranks are the big-batch gradient.
         """
-        lr = self.lr_at(self.step)
+        lr = self._last_lr = self.lr_at(self.step, self.batches)
         self.placement.prepare(kind)
         if not self.model.training:  # after an evaluation (a walk over every module)
             self.model.train()
@@ -261,6 +299,11 @@ class Trainer:
         self._resume_timer()
 
     def _evaluate_all(self, why: str) -> None:
+        if self.last_eval.get("step") == self.step and self.step > 0:
+            # Already evaluated (and checkpointed) at this step: an --eval-every interval
+            # that ends an epoch, or a resume from an epoch-end checkpoint.
+            self.last_eval["why"] = f"{self.last_eval['why']}, {why}"
+            return
         self._pause()
         start = time.perf_counter()
         result = {s: self.evaluate(s) for s in ("val", "test")}
@@ -294,11 +337,11 @@ class Trainer:
         if phase == self._phase:
             return
         self._pause()
-        if self._phase is not None:
+        if self._last_phase not in (None, phase):
             self.switches += 1
             if self.is_main:
-                log.info("step %d: switch %s -> %s", self.step, self._phase, phase)
-        self._phase = phase
+                log.info("step %d: switch %s -> %s", self.step, self._last_phase, phase)
+        self._phase = self._last_phase = phase
         self.placement.prepare(kind)  # timed by the placement as sync
         self._resume_timer()
 
@@ -363,6 +406,7 @@ class Trainer:
                 self._loss_sum += self.train_step(batch, kind, total)
                 self._loss_steps += 1
                 self.step += 1
+                self.batches += len(refs)
                 self.samples += total
                 if cfg.log_every and self.step % cfg.log_every == 0:
                     self._log_interval()
@@ -391,7 +435,7 @@ class Trainer:
             total = max(secs, 1e-9)
             log.info("step %d | epoch %d | loss %.4f | %s samples/s | lr %.4g | hot %.0f%% "
                      "cold %.0f%% sync %.0f%% | switches %d | run %d | phase %s",
-                     self.step, self.epoch + 1, loss, f"{rate:,.0f}", self.lr_at(self.step),
+                     self.step, self.epoch + 1, loss, f"{rate:,.0f}", self._last_lr,
                      100 * self.seconds["hot"] / total, 100 * self.seconds["cold"] / total,
                      100 * self.placement.sync_seconds / total, self.switches,
                      self.schedule.run_length, self._phase or "-")
@@ -407,7 +451,9 @@ class Trainer:
             "device": str(self.device), "optimizer": self.cfg.optimizer,
             "schedule": self.cfg.schedule, "world_size": self.world, "steps": self.step,
             "epoch": self.epoch + 1, "samples": self.samples, "train_seconds": secs,
-            "samples_per_s": (self.samples - self._samples_at_start) / secs if secs > 0 else None,
+            "samples_per_s": ((self.samples - self._samples_at_start)
+                              / (secs - self._seconds_at_start)
+                              if secs > self._seconds_at_start else None),
             "seconds": {**self.seconds, "sync": self.placement.sync_seconds},
             "switches": self.switches, "syncs": self.placement.copies,
             "run_length": self.schedule.run_length, "val": self.last_eval.get("val"),
@@ -429,6 +475,10 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "pending": [[e, [[r.shard, r.group] for r in refs], k] for e, refs, k in self.queue],
             "rng": {"torch": torch.get_rng_state()}, "world_size": self.world,
+            "counters": {"seconds": dict(self.seconds), "switches": self.switches,
+                         "sync_seconds": self.placement.sync_seconds,
+                         "syncs": self.placement.copies, "last_eval": self.last_eval,
+                         "phase": self._last_phase},
         })
         self.last_checkpoint = str(path)
         log.info("checkpoint step %d -> %s", self.step, path)
@@ -460,7 +510,23 @@ class Trainer:
                         "restarts over this layout's minibatches", c["path"], c["layout_id"],
                         self.reader.manifest.layout_id, self.schedule.epoch + 1)
         torch.set_rng_state(c["rng"]["torch"])
-        self._mark = (self.step, self.samples, 0.0)
+        if self.queue and self.queue[-1][0] >= self.cfg.epochs:  # resumed with fewer --epochs
+            dropped = sum(len(refs) for e, refs, _ in self.queue if e >= self.cfg.epochs)
+            self.queue = deque(g for g in self.queue if g[0] < self.cfg.epochs)
+            if self.is_main:
+                log.warning("%s is already in epoch %d; with --epochs %d its %d pending "
+                            "minibatches of later epochs are not trained", c["path"],
+                            self.epoch + 1, self.cfg.epochs, dropped)
+        self.batches = self.schedule.emitted - sum(len(refs) for _, refs, _ in self.queue)
+        counters = c.get("counters")  # absent in checkpoints of earlier versions
+        if counters:
+            self.seconds.update({k: float(v) for k, v in counters["seconds"].items()})
+            self.switches = int(counters["switches"])
+            self.placement.sync_seconds = float(counters["sync_seconds"])
+            self.placement.copies = int(counters["syncs"])
+            self.last_eval = dict(counters["last_eval"])
+            self._last_phase = counters["phase"]
+        self._mark = (self.step, self.samples, self.train_seconds)
         if self.is_main:
             log.info("resumed %s at step %d, epoch %d", c["path"], self.step, self.epoch + 1)
 

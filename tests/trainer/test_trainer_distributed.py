@@ -42,7 +42,8 @@ def worker(rank: int, port: int, opts: dict[str, object], out: str) -> None:
         summary = t.fit()
         weight, state = t.placement.full_tables()
         torch.save({"model": t.model.state_dict(), "weight": weight, "state": state,
-                    "steps": t.step, "samples": t.samples, "summary": summary},
+                    "steps": t.step, "samples": t.samples, "summary": summary,
+                    "last_lr": t._last_lr, "batches": t.batches},
                    Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -102,3 +103,41 @@ def test_two_gloo_ranks_equal_one_process_on_joined_batches(
     torch.testing.assert_close(ranks[0]["weight"], weight, atol=1e-5, rtol=0)
     if state is not None:
         torch.testing.assert_close(ranks[0]["state"], state, atol=1e-5, rtol=0)
+
+
+def test_two_ranks_decay_over_the_whole_run(layouts: Layouts, tmp_path: Path) -> None:
+    """A data-parallel step takes up to one minibatch per rank, all of one kind: with runs
+    of one minibatch most steps take one. The decay counted steps (batches / world per
+    epoch) and two ranks trained the second half of the epoch at lr 0."""
+    opts = {**options(layouts.criteo, "sgd", 0), "max_steps": None, "switch_every": 1,
+            "decay": "linear"}
+    mp.spawn(worker, args=(free_port(), opts, str(tmp_path)), nprocs=WORLD, join=True)
+    out = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    total = Trainer(TrainConfig(**opts)).schedule.batches_per_epoch  # type: ignore[arg-type]
+    assert out["batches"] == total and out["steps"] > total / WORLD
+    assert 0 < out["last_lr"] <= 0.05 * WORLD / total  # the last step: nearly 0, not before
+
+
+def mismatched_worker(rank: int, port: int, targets: list[str], out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        Trainer(TrainConfig(targets[rank], log_every=0, **CPU_TINY),  # type: ignore[arg-type]
+                dp.context(torch.device("cpu")))
+        (Path(out) / f"rank{rank}.txt").write_text("started")
+    except Exception as exc:  # noqa: BLE001 - the message is the result
+        (Path(out) / f"rank{rank}.txt").write_text(str(exc))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_on_different_layouts_are_refused(layouts: Layouts, tmp_path: Path) -> None:
+    """Each rank resolves ROOT/layouts/LATEST itself: a layout published while they start
+    split them over two layouts (a crash deep in a lookup, or silent divergence)."""
+    targets = [layouts.criteo, layouts.criteo_other_budget]
+    mp.spawn(mismatched_worker, args=(free_port(), targets, str(tmp_path)), nprocs=WORLD,
+             join=True)
+    for rank in range(WORLD):
+        message = (tmp_path / f"rank{rank}.txt").read_text()
+        assert "the ranks resolved different layouts" in message, (rank, message)

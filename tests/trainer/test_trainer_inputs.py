@@ -218,6 +218,10 @@ def test_resume_with_another_model_shape_is_refused(layouts: Layouts, tmp_path: 
                             **CPU_TINY))  # type: ignore[arg-type]
     resumed = Trainer(TrainConfig(layouts.criteo, resume=str(tmp_path), device="cpu"))
     assert resumed.model_config.bottom_mlp == (32, 16)  # the checkpoint's, not the default
+    # The default typed out is a shape option given too (it used to pass unnoticed).
+    with pytest.raises(CheckpointError, match="trained with --top-mlp 32-1, not 512-256-1"):
+        Trainer(TrainConfig(layouts.criteo, resume=str(tmp_path), top_mlp=(512, 256, 1),
+                            device="cpu"))
 
 
 def test_damaged_checkpoints_are_named(layouts: Layouts, tmp_path: Path) -> None:
@@ -299,3 +303,38 @@ def test_a_changed_vocabulary_is_refused(layout_copy) -> None:  # type: ignore[n
     with pytest.raises(ManifestError, match=rf"vocabulary .*{table['name']}.parquet of table "
                        rf"{table['name']} has sha256 .* changed after the layout was published"):
         Trainer(TrainConfig(str(manifest), **CPU_TINY))  # type: ignore[arg-type]
+
+
+def test_a_layouts_folder_is_no_checkpoint_folder(layouts: Layouts, tmp_path: Path) -> None:
+    """--checkpoint ROOT/layouts replaced the root's LATEST with a checkpoint's name, and
+    the root then pointed at no layout."""
+    from trainer import checkpoint as ckpt_io
+
+    layouts_dir = Path(layouts.criteo).parent.parent
+    before = (layouts_dir / "LATEST").read_text()
+    with pytest.raises(CheckpointError, match="its LATEST names .* not a checkpoint"):
+        Trainer(TrainConfig(layouts.criteo, checkpoint=str(layouts_dir), **CPU_TINY))  # type: ignore[arg-type]
+    assert (layouts_dir / "LATEST").read_text() == before
+    with pytest.raises(CheckpointError, match="it holds a layout"):
+        ckpt_io.check_folder(Path(layouts.criteo).parent)
+    ckpt_io.check_folder(tmp_path / "new")  # a new or a checkpoint folder is fine
+
+
+def test_a_manifest_listing_a_shard_or_table_twice_is_refused(layout_copy) -> None:  # type: ignore[no-untyped-def]
+    """A shard listed twice was trained twice per epoch (57,206 samples of 40,000 rows)."""
+    manifest = layout_copy()
+    edit_manifest(manifest, lambda d: d["shards"].append(dict(d["shards"][0])))
+    with pytest.raises(ManifestError, match=r"shard .* is listed more than once"):
+        LayoutReader(str(manifest))
+    edit_manifest(manifest, lambda d: (d["shards"].pop(), d["tables"].append(dict(d["tables"][0]))))
+    with pytest.raises(ManifestError, match=r"table C1 is listed more than once"):
+        LayoutReader(str(manifest))
+
+
+def test_a_shard_damaged_after_the_start_is_one_error(layout_copy) -> None:  # type: ignore[no-untyped-def]
+    """Verified at start, then overwritten: a pyarrow traceback, now one message."""
+    manifest = layout_copy()
+    reader = LayoutReader(str(manifest))
+    first_shard(manifest).write_bytes(b"not parquet any more")
+    with pytest.raises(TrainerError, match=r"row group 0: unreadable .*run `fae verify`"):
+        reader.read(BatchRef(0, 0))

@@ -102,3 +102,27 @@ def test_bad_schedule_options() -> None:
         ScheduleConfig(switch_every=0)
     with pytest.raises(TrainerError, match="no training minibatches"):
         HotColdSchedule([], [], ScheduleConfig(), epochs=1)
+
+
+@pytest.mark.parametrize("hot,cold,run", [(2, 43, 2), (3, 40, 1), (40, 3, 4), (9, 12, 1),
+                                          (10, 12, 8)])
+def test_the_rarer_kind_is_spread_over_the_epoch(hot: int, cold: int, run: int) -> None:
+    """Each round's share was rounded up, so a scarce kind was trained first: 2 hot
+    minibatches of 45 ran in the first 4 steps. Its j-th minibatch now comes where the
+    other kind has reached about (j + 1/2) / count of its own."""
+    h = [BatchRef(0, i) for i in range(hot)]
+    c = [BatchRef(1, i) for i in range(cold)]
+    items = drain(HotColdSchedule(h, c, ScheduleConfig("fixed", run), epochs=1))
+    assert sorted(r for _, r, _ in items) == sorted(h + c)  # each once
+    more = "cold" if hot < cold else "hot"
+    n_rare, n_more = min(hot, cold), max(hot, cold)
+    positions = []  # minibatches of the other kind trained before each rare one
+    seen_more = 0
+    for _, _, kind in items:
+        if kind == more:
+            seen_more += 1
+        else:
+            positions.append(seen_more)
+    ideal = [(j + 0.5) * n_more / n_rare for j in range(n_rare)]
+    assert all(abs(p - x) <= run + 1 for p, x in zip(positions, ideal)), (positions, ideal)
+    assert max(n for k, n in runs(items) if k == more) <= max(run, n_more // n_rare + run)

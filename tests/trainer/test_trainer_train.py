@@ -62,6 +62,8 @@ def test_resume_equals_uninterrupted(layouts: Layouts, tmp_path: Path, optimizer
     straight.fit()
     assert resumed.step == straight.step == 16 and resumed.epoch == 1
     assert resumed.schedule.state_dict() == straight.schedule.state_dict()
+    # The summary's counters cover the whole run (switches counted only this process's).
+    assert resumed.switches == straight.switches and resumed.batches == straight.batches
     a, b = params(resumed), params(straight)
     assert a.keys() == b.keys()
     for k in a:
@@ -128,7 +130,8 @@ def test_cli_json_summary(layouts: Layouts, tmp_path: Path, capsys, caplog) -> N
     lines = [r.getMessage() for r in caplog.records]
     assert sum(line.startswith("step ") and " | loss " in line for line in lines) == 2
     assert any("switch" in line for line in lines)
-    assert sum(line.startswith("eval ") for line in lines) == 3  # steps 2, 4 and the end
+    # steps 2 and 4; the end is step 4 again, not evaluated (nor checkpointed) twice
+    assert sum(line.startswith("eval ") for line in lines) == 2
 
 
 def test_no_dense_features_means_no_bottom_mlp() -> None:
@@ -204,3 +207,41 @@ def test_bad_options_are_refused(layouts: Layouts, option: str, value: object,
                                  match: str) -> None:
     with pytest.raises(TrainerError, match=match):
         config(layouts.criteo, **{option: value})
+
+
+def test_learning_rate_schedule_and_its_log_line(layouts: Layouts, caplog) -> None:  # type: ignore[no-untyped-def]
+    """One process: linear decay from the end of the warmup to the end of the last epoch.
+    The log line once showed the next step's rate instead of the one just used."""
+    t = Trainer(config(layouts.criteo, lr=0.1, warmup_steps=2, decay="linear", epochs=2))
+    total = 2 * t.schedule.batches_per_epoch
+    assert [t.lr_at(s, s) for s in (0, 1)] == [0.05, 0.1]
+    for step in (2, 7, total - 1):
+        assert t.lr_at(step, step) == pytest.approx(0.1 * (1 - (step - 2) / (total - 2)))
+    with pytest.raises(TrainerError, match=r"decay_steps \(2\) must be larger than "
+                                           r"warmup_steps \(5\)"):
+        config(layouts.criteo, warmup_steps=5, decay_steps=2, decay="linear")
+    caplog.set_level(logging.INFO, logger="trainer.train")
+    Trainer(config(layouts.criteo, lr=0.1, warmup_steps=4, log_every=1, max_steps=1)).fit()
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("step 1 "))
+    assert "| lr 0.025 |" in line  # step 1 trained at 0.1 * 1/4
+
+
+def test_resume_with_fewer_epochs_trains_no_more(layouts: Layouts, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A checkpoint taken early in epoch 2, resumed with --epochs 1, trained the minibatches
+    of epoch 2 it had already handed out: a partial epoch nobody asked for."""
+    per_epoch = Trainer(config(layouts.criteo)).schedule.batches_per_epoch
+    first = Trainer(config(layouts.criteo, epochs=2, max_steps=per_epoch + 2,
+                           checkpoint=str(tmp_path)))
+    first.fit()
+    with caplog.at_level(logging.WARNING, logger="trainer.train"):
+        resumed = Trainer(config(layouts.criteo, epochs=1, resume=str(tmp_path)))
+    assert "are not trained" in caplog.text
+    summary = resumed.fit()
+    assert summary["steps"] == per_epoch + 2  # nothing more was trained
+
+
+def test_options_of_the_schedule_are_refused_before_the_layout_is_read() -> None:
+    """--switch-every 0 was refused only after every shard's checksum was verified."""
+    for option in ("switch_every", "adapt_every", "adapt_max"):
+        with pytest.raises(TrainerError, match=rf"{option} \(0\) must be >= 1"):
+            TrainConfig("/nonexistent", **{option: 0})  # type: ignore[arg-type]
