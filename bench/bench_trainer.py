@@ -8,6 +8,7 @@ another in one process, in rotated order over ``--repeats`` rounds; each placeme
 best round counts (the machines here are noisy).
 
     python bench/bench_trainer.py [--device auto|cpu|cuda] [--rows 200000 --days 3]
+        [--placements cpu,hybrid,fae,gpu,fae+g,gpu+g]
         [--scale 0.01 --budget 4MiB] [--target MANIFEST_OR_ROOT] [--max-steps N]
 
 Without ``--target`` a synthetic Criteo layout is built once under ``--workdir``.
@@ -43,8 +44,11 @@ def synthetic_layout(workdir: Path, rows: int, days: int, scale: float, budget: 
 
 
 def run_one(target: str, placement: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``placement`` may end in ``+g``: the same with --cuda-graphs (fae and gpu)."""
+    mode, graphs = placement.removesuffix("+g"), placement.endswith("+g")
     cfg = TrainConfig(
-        target, placement=placement, optimizer=args.optimizer, lr=args.lr, epochs=1,
+        target, placement=mode, cuda_graphs=graphs, optimizer=args.optimizer, lr=args.lr,
+        epochs=1,
         max_steps=args.max_steps, switch_every=args.switch_every, log_every=0,
         eval_batches=args.eval_batches, device=args.device, seed=0,
         bottom_mlp=tuple(int(w) for w in args.bottom_mlp.split("-")),
@@ -63,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", default="4MiB")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ap.add_argument("--placements", default="cpu,hybrid,fae",
-                    help="comma separated; add gpu when the tables fit the accelerator")
+                    help="comma separated; add gpu when the tables fit the accelerator, "
+                    "fae+g and gpu+g for the same with --cuda-graphs")
     ap.add_argument("--optimizer", choices=("sgd", "adagrad"), default="sgd")
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--max-steps", type=int, default=None, help="default: one epoch")
@@ -105,9 +110,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{sec['sync']:>9.3f}{s['switches']:>10}{auc['val'] or float('nan'):>9.4f}"
               f"{auc['test'] or float('nan'):>10.4f}")
     ratios = {}
-    for base in ("hybrid", "cpu"):
-        if "fae" in best and base in best:
-            ratios[f"fae/{base}"] = best["fae"]["samples_per_s"] / best[base]["samples_per_s"]
+    for fae in ("fae", "fae+g"):
+        for base in ("hybrid", "cpu"):
+            if fae in best and base in best:
+                ratios[f"{fae}/{base}"] = (best[fae]["samples_per_s"]
+                                           / best[base]["samples_per_s"])
     print("  ".join(f"{k} = {v:.2f}x" for k, v in ratios.items()))
     print(json.dumps({"layout_id": manifest.layout_id, "ratios": ratios, "runs": best},
                      indent=2, default=str))

@@ -91,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--list-pooling", choices=LIST_POOLINGS, default=d.list_pooling,
                     help="pooling of list columns (histories; default mean; on resume, the "
                     "checkpoint's)")
+    ap.add_argument("--cuda-graphs", action="store_true",
+                    help="record the hot step as a CUDA graph and replay it (fae and gpu "
+                    "placements, one process; not yet measured on a GPU)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("--quiet", "-q", action="store_true", help="only warnings and the summary")
     ap.add_argument("--debug", action="store_true", help="show tracebacks of errors")

@@ -43,6 +43,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     prefetch: int = 4
+    cuda_graphs: bool = False  # record hot steps as CUDA graphs (trainer/graphs.py)
     # Model shape; None: DLRM's Kaggle default (the bottom MLP ending in the layout's
     # embedding dimension), or on resume the checkpoint's. Given, it must agree with a
     # checkpoint's.

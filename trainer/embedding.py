@@ -88,8 +88,13 @@ class EmbeddingStore:
             return dedupe(flat)
         return torch.unique(flat, return_inverse=True)
 
-    def apply(self, uniq: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
+    def apply(self, uniq: torch.Tensor, grad: torch.Tensor, lr: float | torch.Tensor,
+              padded: bool | None = None) -> None:
         """Update the rows ``uniq`` with their gradients ``grad``.
+
+        ``lr`` may be a 0-dim tensor on this store's device (a recorded CUDA graph reads
+        it at replay). ``padded``: ``uniq`` comes from :func:`dedupe` (default: this
+        store is :attr:`static`).
 
         Gather, update, scatter back: with each row once this equals an ``index_add_``
         (bit for bit: ``w - lr*g``), and on the CPU it is about 4x faster on large tables,
@@ -100,7 +105,7 @@ class EmbeddingStore:
         """
         if uniq.numel() == 0:
             return
-        if self.static:
+        if self.static if padded is None else padded:
             grad = grad.index_select(0, _first_copies(uniq))
         if self.state is None:
             step = grad
@@ -108,7 +113,9 @@ class EmbeddingStore:
             s = self.state.index_select(0, uniq).addcmul_(grad, grad)
             self.state.index_copy_(0, uniq, s)
             step = grad / s.sqrt_().add_(self.eps)
-        self.weight.index_copy_(0, uniq, self.weight.index_select(0, uniq).sub_(step, alpha=lr))
+        # w - (lr*g): the product rounded first, the same bits for a float lr and a tensor
+        # one (sub_'s alpha may fuse the two, and Adagrad's first steps amplify that).
+        self.weight.index_copy_(0, uniq, self.weight.index_select(0, uniq).sub_(step * lr))
 
 
 def _first_copies(uniq: torch.Tensor) -> torch.Tensor:

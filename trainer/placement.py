@@ -164,6 +164,10 @@ class Placement:
         log.debug("synced hot rows %s", "CPU->accelerator" if to_hot else "accelerator->CPU")
 
     # -- lookups and updates --------------------------------------------------------------
+    def scalar_bases(self, store: EmbeddingStore) -> torch.Tensor:
+        """The global row offsets of the scalar columns' tables in ``store``."""
+        return self._bases[id(store)][0]
+
     def store_for(self, kind: str) -> EmbeddingStore:
         return self.hot if (self.hot is not None and kind == "hot") else self.full
 

@@ -27,6 +27,7 @@ from trainer import distributed as dp
 from trainer.config import DECAYS, DEVICES, TrainConfig, resolve_device
 from trainer.data import Batch, BatchRef, LayoutReader, Prefetcher, stream
 from trainer.errors import CheckpointError, TrainerError
+from trainer.graphs import HotStepGraph
 from trainer.metrics import log_loss, summarize
 from trainer.model import DLRM, DLRMConfig, init_table
 from trainer.placement import Placement, TableSpec
@@ -157,6 +158,10 @@ class Trainer:
             torch.optim.SGD(params, lr=config.lr) if config.optimizer == "sgd"
             else torch.optim.Adagrad(params, lr=config.lr, eps=1e-10))
         self.pin = self.device.type == "cuda" and config.placement != "cpu"
+        self._graphs: dict[int, HotStepGraph] = {}  # by store: hot steps as CUDA graphs
+        if config.cuda_graphs and (ctx is not None or config.placement not in ("fae", "gpu")):
+            raise TrainerError("--cuda-graphs records hot steps of one process: it needs "
+                               "--placement fae or gpu and no torchrun")
 
         if config.schedule == "adaptive" and not self.reader.refs("val"):
             raise TrainerError("--schedule adaptive needs validation minibatches in the layout "
@@ -231,6 +236,9 @@ class Trainer:
         self.placement.prepare(kind)
         if not self.model.training:  # after an evaluation (a walk over every module)
             self.model.train()
+        if (graph := self._graph_for(batch, kind)) is not None:
+            assert batch is not None
+            return graph.step(batch, lr)
         self.optimizer.zero_grad(set_to_none=True)
         if batch is not None:
             embedded, lookup = self.placement.lookup(batch, kind)
@@ -250,6 +258,21 @@ class Trainer:
         self.optimizer.step()
         self.placement.apply(lookup, uniq, grad, lr)
         return loss.detach()
+
+    def _graph_for(self, batch: Batch | None, kind: str) -> HotStepGraph | None:
+        """The recorded step that trains ``batch`` (``--cuda-graphs``), or None: eager."""
+        if not self.cfg.cuda_graphs or batch is None:
+            return None
+        store = self.placement.store_for(kind)
+        if store.device != self.compute or (self.cfg.placement == "fae" and kind != "hot"):
+            return None
+        graph = self._graphs.get(id(store))
+        if graph is None:
+            graph = self._graphs[id(store)] = HotStepGraph(
+                self.model, self.optimizer, store, self.placement.scalar_bases(store),
+                self.reader.manifest.batch_size, len(self.reader.schema.dense),
+                capture=self.compute.type == "cuda")
+        return graph if graph.fits(batch) else None
 
     # -- evaluation ----------------------------------------------------------------------
     @torch.no_grad()

@@ -17,10 +17,12 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 STEPS = 10
 
 
-def run(target: str, placement: str, device: str, optimizer: str = "sgd") -> Trainer:
+def run(target: str, placement: str, device: str, optimizer: str = "sgd",
+        cuda_graphs: bool = False) -> Trainer:
     t = Trainer(TrainConfig(target, placement=placement, device=device, optimizer=optimizer,
                             lr=0.05, max_steps=STEPS, switch_every=2, log_every=0,
-                            eval_batches=2, bottom_mlp=(32, 16), top_mlp=(32, 1)))
+                            eval_batches=2, bottom_mlp=(32, 16), top_mlp=(32, 1),
+                            cuda_graphs=cuda_graphs))
     t.fit()
     return t
 
@@ -60,3 +62,19 @@ def test_cuda_adagrad_fae_close_to_hybrid(layouts: Layouts) -> None:
           f"elements differ by more than 1e-4 (max {diff.max().item():.2e})")
     assert (diff > 1e-4).float().mean().item() < 1e-4
     assert diff.max().item() <= 2 * 0.05 * STEPS
+
+
+def test_cuda_graph_hot_steps_match_cpu(layouts: Layouts) -> None:
+    """--cuda-graphs on a GPU: hot steps are recorded once and replayed, same result."""
+    ref = run(layouts.criteo, "cpu", "cpu")
+    w_ref, _ = ref.placement.full_tables()
+    for placement in ("fae", "gpu"):
+        t = run(layouts.criteo, placement, "cuda", cuda_graphs=True)
+        graph = next(iter(t._graphs.values()))
+        print(f"\n{placement} --cuda-graphs: {graph.replays} replays, failed={graph.failed}")
+        assert not graph.failed and graph.replays > 0
+        w, _ = t.placement.full_tables()
+        torch.testing.assert_close(w.cpu(), w_ref, atol=1e-4, rtol=0)
+        for k, v in ref.model.state_dict().items():
+            torch.testing.assert_close(t.model.state_dict()[k].cpu(), v, atol=1e-4, rtol=0,
+                                       msg=k)

@@ -72,6 +72,47 @@ def test_static_stores_equal_cpu(layouts: Layouts, target: str, optimizer: str) 
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+def test_recorded_hot_steps_equal_cpu(layouts: Layouts, optimizer: str) -> None:
+    """--cuda-graphs: the fixed-shape step that is recorded on CUDA (static ids, the dense
+    optimizer written out with a tensor learning rate) runs eagerly on the CPU; its
+    arithmetic must equal the eager trainer's, dense optimizer state and counters too.
+
+    Adagrad: the written-out dense update rounds ``p + (-lr) * (g / std)`` in three steps
+    where ``addcdiv_`` may fuse two, and Adagrad moves a table row by about ``lr`` on its
+    first, possibly tiny gradient, so a handful of table elements may move the other way
+    (as between devices, see test_trainer_cuda); the model itself stays within 1e-5."""
+    ref = train(layouts.criteo, "cpu", optimizer, steps=14, switch_every=2)
+    for placement in ("fae", "gpu"):
+        t = train(layouts.criteo, placement, optimizer, steps=14, switch_every=2,
+                  cuda_graphs=True)
+        graphs = list(t._graphs.values())
+        assert len(graphs) == 1 and graphs[0].replays == 0  # nothing to record on a CPU
+        assert graphs[0].eager_left <= -1  # ... but the step function ran, 3 times or more
+        if optimizer == "sgd":
+            assert_same(ref, t)
+        else:
+            for name, v in ref.model.state_dict().items():
+                torch.testing.assert_close(t.model.state_dict()[name], v, atol=1e-5, rtol=0,
+                                           msg=name)
+            diff = (t.placement.full_tables()[0] - ref.placement.full_tables()[0]).abs()
+            assert (diff > 1e-5).float().mean().item() < 1e-4
+            assert diff.max().item() <= 2 * 0.05 * 14
+        a, b = ref.optimizer.state_dict()["state"], t.optimizer.state_dict()["state"]
+        for i in a:
+            for k, v in a[i].items():
+                if isinstance(v, torch.Tensor):
+                    torch.testing.assert_close(b[i][k], v, atol=1e-5, rtol=0, msg=f"{i}.{k}")
+
+
+def test_cuda_graphs_need_one_process_and_an_accelerator_store(layouts: Layouts) -> None:
+    from trainer.errors import TrainerError
+
+    with pytest.raises(TrainerError, match="needs --placement fae or gpu"):
+        Trainer(TrainConfig(layouts.criteo, placement="hybrid", cuda_graphs=True,
+                            **CPU_TINY))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
 def test_list_columns_fae_equal_cpu(layouts: Layouts, optimizer: str) -> None:
     ref = train(layouts.lists, "cpu", optimizer, steps=14, switch_every=1)
     fae = train(layouts.lists, "fae", optimizer, steps=14, switch_every=1)
