@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -34,6 +35,8 @@ from fae_data.storage import Storage
 _T = TypeVar("_T")
 
 FORMAT = "fae.layout/v1"
+#: What LATEST may name: a layout folder (layout ids are 16 hex digits).
+_LAYOUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$")
 LAYOUTS_DIR = "layouts"
 LATEST = "LATEST"
 MANIFEST = "manifest.json"
@@ -272,8 +275,10 @@ def latest(storage: Storage) -> str | None:
     if not storage.exists(LAYOUTS_DIR, LATEST):
         return None
     value = storage.read_bytes(LAYOUTS_DIR, LATEST).decode("utf-8", "replace").strip()
-    if not value or "/" in value or value.startswith("."):
-        raise ManifestError(f"{storage.display(LAYOUTS_DIR, LATEST)}: malformed ({value!r})")
+    if not _LAYOUT_NAME.match(value):  # ids are 16 hex digits; junk is not echoed whole
+        raise ManifestError(f"{storage.display(LAYOUTS_DIR, LATEST)}: malformed "
+                            f"({value[:40]!r}{'...' if len(value) > 40 else ''}, expected a "
+                            "layout id); `fae layout` with the layout's parameters rewrites it")
     return value
 
 

@@ -57,6 +57,15 @@ def partition_name(source: str) -> str:
     return check_name(name, "partition")
 
 
+def name_order(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key of partition names with their numbers compared by value: ``day_2``
+    before ``day_10`` (as text, ``day_10`` sorts first, and with 11 or more days the
+    default split took ``day_9`` for the last day). Dates written ``2024-01-05`` sort as
+    they read."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part)
+                 for part in re.split(r"(\d+)", name) if part)
+
+
 def check_name(name: str, what: str) -> str:
     """Refuse names that could escape the storage root, confuse listings, or make a file
     name longer than the filesystem allows (checked here, before anything is written)."""

@@ -20,7 +20,7 @@ _UNITS: dict[str, int] = {
     "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
 }
-_BUDGET_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*$")
+_BUDGET_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*$", re.ASCII)
 _BUDGET_HELP = (
     "expected a non-negative number and an optional unit, e.g. '256MiB', '8GB', "
     "'1.5 GiB', '512kB' or '4096' (bytes); units (case-insensitive): B, kB, MB, GB, TB "

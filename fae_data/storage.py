@@ -223,6 +223,18 @@ class Storage:
             return []
         return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
 
+    def sizes(self, *parts: str) -> dict[str, int]:
+        """Sizes in bytes of the files directly under ``parts`` (one listing), by name;
+        empty if the folder is missing."""
+        p = self.path(*parts)
+        try:
+            with self._reach(*parts):
+                entries = self.fs.ls(p, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {posixpath.basename(e["name"].rstrip("/")): int(e.get("size") or 0)
+                for e in entries if e.get("type") == "file"}
+
     def sha256(self, *parts: str) -> str:
         with self._reach(*parts):
             return file_sha256(self.fs, self.path(*parts))

@@ -19,6 +19,10 @@ from fae_data.errors import InputError
 VOCAB_SCHEMA = {"value": pl.UInt32, "count": pl.UInt64, "id": pl.UInt32}
 
 
+#: Ids are uint32 (id 0 included): the most rows a table can have.
+MAX_ROWS = 2**32
+
+
 @dataclass(frozen=True)
 class VocabParams:
     min_count: int = 1
@@ -33,6 +37,9 @@ class VocabParams:
             raise InputError(f"min_count ({self.min_count}) must be at least 1")
         if self.max_rows is not None and self.max_rows < 1:
             raise InputError(f"max_rows ({self.max_rows}) must be at least 1 (row 0)")
+        if self.max_rows is not None and self.max_rows > MAX_ROWS:
+            raise InputError(f"max_rows ({self.max_rows}) is more rows than uint32 ids can "
+                             f"number: give at most {MAX_ROWS:,} (or none, for every value)")
 
 
 def _kept(params: VocabParams) -> pl.Expr:

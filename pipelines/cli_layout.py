@@ -71,7 +71,9 @@ def _layout_params(
 
 DatasetOpt = Annotated[str, typer.Option(help="Dataset under ROOT/ingested/.")]
 PartitionOpt = Annotated[list[str] | None, typer.Option(
-    help="Partitions to use (default: all, sorted by name).")]
+    help="Partitions to use (default: all). They are ordered by name with numbers by "
+    "value (day_2 before day_10); without --val/--test the last one is halved into "
+    "validation and test.")]
 BudgetOpt = Annotated[str, typer.Option(
     help="GPU memory for hot rows: bytes or with units (256MiB, 8GB).")]
 DimOpt = Annotated[int, typer.Option(help="Embedding dimension of every table.")]
@@ -120,8 +122,8 @@ def layout(
 ) -> None:
     """Profile, plan and lay out training data: counts -> vocab -> plan -> shards -> publish.
 
-    Without --val/--test the last partition is halved into validation and test (the
-    Criteo convention). A rerun with the same inputs and parameters does nothing.
+    Without --val/--test the last partition (by name, numbers by value: day_10 after
+    day_9) is halved into validation and test (the Criteo convention). A rerun with the same inputs and parameters does nothing.
     """
     from pipelines.layout import run_layout
 

@@ -21,6 +21,7 @@ from fae_data.errors import InputError
 from fae_data.partition import (
     INGESTED_DIR,
     check_name,
+    name_order,
     partition_damage,
     partition_dir,
     read_marker,
@@ -149,7 +150,9 @@ def layout_columns(kind: str) -> LayoutColumns:
 def resolve_inputs(storage: Storage, params: LayoutParams) -> Inputs:
     """Find the committed partitions and decide the train/val/test split."""
     names = list(params.partitions) or storage.listdir(INGESTED_DIR, params.dataset)
-    names = [n for n in names if not n.startswith(".")]
+    # Numbers by value (day_2 before day_10), whatever order --partition gave: the
+    # default split's last partition is the last day.
+    names = sorted((n for n in names if not n.startswith(".")), key=name_order)
     if not names:
         raise InputError(
             f"{storage.display(INGESTED_DIR, params.dataset)}: no ingested partitions; run "

@@ -165,7 +165,7 @@ def run_layout(
                                     done)
             # Like a re-ingest of a damaged partition: build it again beside the published
             # files, which stay until the new manifest replaces theirs.
-            log.warning("layout %s: %d file(s) of the published layout are missing (%s); "
+            log.warning("layout %s: %d file(s) of the published layout are missing or damaged (%s); "
                         "rebuilding it", lid, len(missing), ", ".join(missing[:3]))
 
         vocabs, planned = profile_layout(storage, inputs, params, step=step, progress=progress)
@@ -246,8 +246,14 @@ def build_manifest(
 def point_latest(storage: Storage, lid: str) -> None:
     """Point LATEST at a layout found already published: the layout a run asked for is
     the one ``fae-train ROOT`` trains next, and a run that crashed between writing the
-    manifest and LATEST is finished by its rerun."""
-    if mf.latest(storage) != lid:
+    manifest and LATEST is finished by its rerun. An unreadable LATEST (empty, garbage) is
+    replaced too: the rerun is how it is repaired."""
+    try:
+        current = mf.latest(storage)
+    except ManifestError as exc:
+        log.warning("%s; pointing it at layout %s", exc, lid)
+        current = None
+    if current != lid:
         mf.set_latest(storage, lid)
 
 

@@ -181,7 +181,7 @@ def prepare(
             return {"layout_id": lid, "status": "unchanged", "partitions": [], "streams": []}
         # As run_layout does: build it again beside the published files (which stay until
         # the new manifest replaces theirs), resuming a repair that a crash interrupted.
-        log.warning("layout %s: %d file(s) of the published layout are missing (%s); "
+        log.warning("layout %s: %d file(s) of the published layout are missing or damaged (%s); "
                     "rebuilding it", lid, len(missing), ", ".join(missing[:3]))
         published_dirs = {s.path.split("/")[0] for s in done.shards}
     build = None if force else _read_plan(storage, lid)
@@ -281,8 +281,8 @@ def publish(root: str, lid: str) -> LayoutResult:
         missing = missing_files(storage, manifest)
         if missing:  # never call a broken layout unchanged, nor point LATEST at it
             raise StorageError(
-                f"layout {lid}: {len(missing)} file(s) of the published layout are missing "
-                f"({', '.join(missing[:3])}) and no rebuild is staged; rerun the prepare "
+                f"layout {lid}: {len(missing)} file(s) of the published layout are missing or "
+                f"damaged ({', '.join(missing[:3])}) and no rebuild is staged; rerun the prepare "
                 "stage (the `plan` task), which rebuilds it"
             )
         point_latest(storage, lid)

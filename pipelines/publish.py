@@ -60,17 +60,22 @@ def check_files(storage: Storage, manifest: mf.Manifest) -> None:
 
 
 def missing_files(storage: Storage, manifest: mf.Manifest) -> list[str]:
-    """The shard and vocabulary files ``manifest`` names that are not in its folder (one
-    listing per folder, not one request per file)."""
+    """The shard and vocabulary files ``manifest`` names that are not in its folder, or
+    not of the size it records (truncated, or replaced by another file): what a rerun
+    must rebuild rather than call unchanged. One listing per folder, not one request per
+    file; checksums are `fae verify`'s job."""
     folder = mf.layout_folder(manifest.layout_id)
     storage.fs.invalidate_cache(storage.path(*folder))  # files other workers wrote
-    listed: dict[str, set[str]] = {}
+    listed: dict[str, dict[str, int]] = {}
     missing = []
-    for path in _layout_files(manifest):
+    expected = [(s.path, s.bytes) for s in manifest.shards] + [
+        (t.vocab_path, t.vocab_bytes) for t in manifest.tables]
+    for path, size in expected:
         sub, _, name = path.rpartition("/")
         if sub not in listed:
-            listed[sub] = set(storage.listdir(*folder, *([sub] if sub else [])))
-        if name not in listed[sub]:
+            listed[sub] = storage.sizes(*folder, *([sub] if sub else []))
+        found = listed[sub].get(name)
+        if found is None or (size is not None and found != size):
             missing.append(path)
     return missing
 

@@ -485,6 +485,27 @@ def test_rerun_rebuilds_a_published_layout_with_missing_files(tmp_path, syntheti
     assert [s.sha256 for s in again.manifest.shards] == [s.sha256 for s in m.shards]
     assert all(c.ok for c in verify_layout(*mf.load(str(layout_dir))))
     assert run_layout(str(root), LayoutParams(budget="64KiB", batch_size=128)).status == "unchanged"
+    # A truncated shard and vocabulary are damage a rerun repairs too (it said unchanged).
+    m = again.manifest  # the repair wrote its files beside the old ones' folders
+    for path in (layout_dir / m.shards[0].path, layout_dir / m.tables[0].vocab_path):
+        path.write_bytes(path.read_bytes()[:100])
+    again = run_layout(str(root), LayoutParams(budget="64KiB", batch_size=128))
+    assert again.status == "published"
+    assert all(c.ok for c in verify_layout(*mf.load(str(layout_dir))))
+
+
+def test_an_unreadable_latest_is_repaired_by_a_rerun(tmp_path, synthetic_days):
+    """An empty or garbage LATEST failed every rerun, which is how it is repaired."""
+    root = tmp_path / "r"
+    m, _ = build(root, synthetic_days, budget="64KiB", batch_size=128)
+    latest = root / "layouts" / "LATEST"
+    for junk in (b"", b"a/b", bytes(range(200))):
+        latest.write_bytes(junk)
+        with pytest.raises(ManifestError, match="LATEST: malformed") as info:
+            mf.latest(Storage(str(root)))
+        assert len(str(info.value)) < 400  # junk is not echoed whole
+        assert run_layout(str(root), LayoutParams(budget="64KiB", batch_size=128)).status == "unchanged"
+        assert latest.read_text().strip() == m.layout_id
 
 
 def test_manifest_pointing_outside_is_refused(tmp_path, synthetic_days):
@@ -811,3 +832,22 @@ def test_verify_checks_shard_rows_against_the_partitions(tmp_path):
         f"day_2 hold {want['val'] + 1:,} (the last one halved into val and test); test shards "
         f"hold {want['test']:,} rows, but partitions day_2 hold {want['test'] + 1:,} (the last "
         "one halved into val and test)")
+
+
+def test_the_last_day_is_the_last_by_number(tmp_path):
+    """Partition names sorted as text put day_10 before day_2: with 11 days the default
+    split validated on day_9 and trained on day_10."""
+    from fae_data.partition import name_order
+    from pipelines.inputs import resolve_inputs
+
+    assert sorted(["day_10", "day_9", "day_2", "a", "day_1b"], key=name_order) == [
+        "a", "day_1b", "day_2", "day_9", "day_10"]
+    assert sorted(["2024-01-10", "2024-01-02"], key=name_order) == ["2024-01-02", "2024-01-10"]
+    files = write_criteo(tmp_path / "raw", rows=200, days=11, seed=3, scale=0.0005)
+    run_ingest([str(f) for f in files], str(tmp_path / "r"), IngestParams("criteo"))
+    inputs = resolve_inputs(Storage(str(tmp_path / "r")), LayoutParams(dataset="criteo"))
+    assert inputs.split["val"] == inputs.split["test"] == ["day_10"]
+    assert inputs.split["train"] == [f"day_{i}" for i in range(10)]
+    # An explicit --partition list is ordered the same way.
+    given = LayoutParams(dataset="criteo", partitions=("day_10", "day_2", "day_9"))
+    assert resolve_inputs(Storage(str(tmp_path / "r")), given).split["val"] == ["day_10"]

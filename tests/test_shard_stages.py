@@ -231,7 +231,7 @@ def test_staged_rerun_rebuilds_a_published_layout_with_missing_files(root: str) 
     victim = first.shards[-1].path
     (folder / victim).unlink()
     with pytest.raises(StorageError, match=re.escape(
-            f"layout {first.layout_id}: 1 file(s) of the published layout are missing "
+            f"layout {first.layout_id}: 1 file(s) of the published layout are missing or damaged "
             f"({victim}) and no rebuild is staged; rerun the prepare stage")):
         stages.publish(root, first.layout_id)  # never "unchanged" for a broken layout
 
