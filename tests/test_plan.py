@@ -472,3 +472,17 @@ def test_plan_dataclass_shape() -> None:
         "hot_rows": {"C1": 1}, "budget_bytes": 4, "budget_used_bytes": 4, "accesses_total": 3,
         "accesses_covered": 2, "hot_access_coverage": 2 / 3, "all_hot": False,
     }
+
+
+def test_budgets_are_ascii_and_max_rows_fits_uint32_ids() -> None:
+    """Full-width digits were read as a budget (１２３ -> 123 B); --max-rows above 2^32
+    crashed in Polars with an OverflowError."""
+    from fae_data.plan import parse_budget
+    from fae_data.vocab import VocabParams
+
+    assert parse_budget("123") == 123
+    with pytest.raises(BudgetError):
+        parse_budget("１２３")
+    VocabParams(max_rows=2**32)
+    with pytest.raises(InputError, match=r"max_rows \(4294967297\) is more rows than uint32"):
+        VocabParams(max_rows=2**32 + 1)
