@@ -10,6 +10,7 @@ exactly the rows of the partitions it was built from.
 
 from __future__ import annotations
 
+import posixpath
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ def verify_layout(
     checks.append(_vocabularies(manifest, store))
     checks.append(_batches_and_columns(manifest, store))
     checks.append(_row_totals(manifest))
+    checks.append(_statistics(manifest, store))
     checks.append(_partition_rows(manifest))
     if deep:
         checks.append(_hot_invariant(manifest, store, tick))
@@ -158,6 +160,62 @@ def _row_totals(m: Manifest) -> Check:
     stated = {k: v for k, v in m.stats.get("rows_by_split_and_kind", {}).items() if v}
     ok = dict(totals) == stated
     return Check("row totals", ok, f"shards {dict(totals)} vs stats {stated}")
+
+
+#: Bytes of one weight per ``params.dtype`` (the planner's, pipelines.inputs.DTYPE_BYTES).
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+
+
+def _statistics(m: Manifest, store: Storage) -> Check:
+    """The statistics a report and a trainer read, recomputed from what they derive from:
+    an edited or corrupted value (a hot-input fraction of 0.9 on a layout without hot
+    rows, a budget used beyond the budget, a NaN) fails here rather than in a chart."""
+    st, problems = m.stats, []
+    by = st.get("rows_by_split_and_kind") or {}
+    hot, cold = int(by.get("train/hot", 0)), int(by.get("train/cold", 0))
+    expected = hot / (hot + cold) if hot + cold else 0.0
+    fraction = st.get("hot_input_fraction")
+    if not isinstance(fraction, (int, float)) or not abs(fraction - expected) <= 1e-9:
+        problems.append(f"hot_input_fraction {fraction!r}, but train/hot and train/cold "
+                        f"rows give {expected:.6f}")
+    for name in ("hot_access_coverage", "predicted_hot_input_fraction"):
+        value = st.get(name)
+        if value is not None and not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+            problems.append(f"{name} {value!r} is not a share in [0, 1]")
+    accesses = sum(t.accesses for t in m.tables)
+    if "accesses_total" in st and st["accesses_total"] != accesses:
+        problems.append(f"accesses_total {st['accesses_total']!r}, but the tables' accesses "
+                        f"add up to {accesses}")
+    bad_tables = [t.name for t in m.tables if t.dim < 1 or t.vocab_size < 1]
+    if bad_tables:
+        problems.append(f"tables {bad_tables[:3]} have a dim or vocab_size below 1")
+    width = _DTYPE_BYTES.get(str(m.params.get("dtype")))
+    slots = m.params.get("optimizer_slots")
+    used = None
+    if width and isinstance(slots, int) and not bad_tables:
+        used = sum(t.hot_rows * t.dim * width * (1 + slots) for t in m.tables)
+        if st.get("budget_used_bytes") != used:
+            problems.append(f"budget_used_bytes {st.get('budget_used_bytes')!r}, but the hot "
+                            f"rows take {used} B")
+        budget = m.params.get("budget_bytes")
+        if isinstance(budget, int) and used > budget:
+            problems.append(f"the hot rows take {used} B, more than the budget {budget} B")
+    all_hot = all(t.hot_rows == t.vocab_size for t in m.tables)
+    if "all_hot" in st and bool(st["all_hot"]) != all_hot:
+        problems.append(f"all_hot is {st['all_hot']!r}, but "
+                        f"{'every' if all_hot else 'not every'} table is wholly hot")
+    folder = posixpath.basename(store.root.rstrip("/"))
+    if _is_layout_id(folder) and folder != m.layout_id:
+        problems.append(f"layout_id {m.layout_id}, but the manifest is in folder {folder}")
+    return Check("statistics", not problems, "; ".join(problems[:5]) or
+                 f"hot-input fraction {expected:.4f}, {accesses:,} accesses"
+                 + ("" if used is None else f", hot rows {used:,} B"))
+
+
+def _is_layout_id(name: str) -> bool:
+    """A folder named like a layout id (16 hex digits): one copied elsewhere under
+    another name is not a contradiction."""
+    return len(name) == 16 and all(c in "0123456789abcdef" for c in name)
 
 
 def _partition_rows(m: Manifest) -> Check:

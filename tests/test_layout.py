@@ -816,7 +816,8 @@ def test_verify_checks_shard_rows_against_the_partitions(tmp_path):
     d["stats"]["rows_by_split_and_kind"]["train/cold"] = 0
     path.write_text(json.dumps(d))
     checks = {c.name: c for c in verify_layout(*mf.load(str(layout_dir)))}
-    assert [n for n, c in checks.items() if not c.ok] == ["rows vs partitions"]
+    # (the hot-input fraction no longer matches the edited row counts either)
+    assert [n for n, c in checks.items() if not c.ok] == ["statistics", "rows vs partitions"]
     assert checks["rows vs partitions"].detail == (
         f"train shards hold {want['train'] - cold['rows']:,} rows, but partitions day_0, day_1 "
         f"hold {want['train']:,}")
@@ -851,3 +852,26 @@ def test_the_last_day_is_the_last_by_number(tmp_path):
     # An explicit --partition list is ordered the same way.
     given = LayoutParams(dataset="criteo", partitions=("day_10", "day_2", "day_9"))
     assert resolve_inputs(Storage(str(tmp_path / "r")), given).split["val"] == ["day_10"]
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda d: d["stats"].update(hot_input_fraction=0.9), "hot_input_fraction 0.9, but"),
+    (lambda d: d["stats"].update(hot_input_fraction=float("nan")), "hot_input_fraction nan"),
+    (lambda d: d["stats"].update(budget_used_bytes=10**12), "budget_used_bytes 1000000000000"),
+    (lambda d: d["stats"].update(all_hot=True), "all_hot is True, but not every table"),
+    (lambda d: d["stats"].update(hot_access_coverage=1.5), "hot_access_coverage 1.5 is not"),
+    (lambda d: d["tables"][0].update(accesses=5), "accesses_total"),
+    (lambda d: d["tables"][0].update(dim=0), "dim or vocab_size below 1"),
+    (lambda d: d.update(layout_id="0123456789abcdef"), "but the manifest is in folder"),
+])
+def test_verify_recomputes_the_statistics(tmp_path, synthetic_days, edit, message):
+    """Edited statistics passed verify, and the report showed them (a NaN as 'nan%')."""
+    m, layout_dir = build(tmp_path / "r", synthetic_days, budget="64KiB", batch_size=128)
+    checks = {c.name: c for c in verify_layout(*mf.load(str(layout_dir)), deep=False)}
+    assert checks["statistics"].ok, checks["statistics"].detail
+    path = layout_dir / mf.MANIFEST
+    d = json.loads(path.read_text())
+    edit(d)
+    path.write_text(json.dumps(d))
+    checks = {c.name: c for c in verify_layout(*mf.load(str(layout_dir)), deep=False)}
+    assert not checks["statistics"].ok and message in checks["statistics"].detail
