@@ -1,7 +1,9 @@
 """fae_layout: profile ingested partitions and publish a training layout.
 
 Runs when fae_ingest updates a dataset (the Asset ``fae_ingested_<dataset>``), and on
-demand with Params (UI "Trigger", ``airflow dags trigger fae_layout --conf '{...}'`` or
+demand with Params. With several datasets in ``FAE_DATASETS`` each has its own scheduled
+DAG ``fae_layout_<dataset>`` and ``fae_layout`` runs on demand only (see
+:func:`layout_dag`). On demand: Params (UI "Trigger", ``airflow dags trigger fae_layout --conf '{...}'`` or
 ``POST /api/v2/dags/fae_layout/dagRuns``). Invalid Params are refused when the run is
 triggered (their JSON schema: a budget such as "abc", an unknown dataset, a wrong type);
 what a schema cannot say (end before start, no partitions in the range) fails the first
@@ -43,104 +45,123 @@ INGESTED = [Asset(name=f"fae_ingested_{d}", uri=asset_uri(ROOT, "ingested", d), 
 LAYOUTS = Asset(name="fae_layouts", uri=asset_uri(ROOT, "layouts"), group="fae")
 
 
-def _params() -> dict[str, Param]:
+def _params(datasets: list[str]) -> dict[str, Param]:
     out = {}
     for name, (default, schema, description) in LAYOUT_PARAMS.items():
         if name == "dataset":
-            default, schema = DATASETS[0], {**schema, "enum": DATASETS}
+            default, schema = datasets[0], {**schema, "enum": datasets}
         out[name] = Param(default, description=description, **schema)
     return out
 
 
-@dag(
-    dag_id="fae_layout",
-    schedule=AssetAny(*INGESTED),
-    start_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
-    catchup=False,
-    max_active_runs=1,  # two layouts of one root at once would race on LATEST
-    default_args={
-        "retries": 2,
-        "retry_delay": dt.timedelta(minutes=1),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": dt.timedelta(minutes=30),
-    },
-    params=_params(),
-    tags=["fae"],
-    doc_md=__doc__,
-)
-def fae_layout() -> None:
-    @task(retries=0, multiple_outputs=False)  # a bad Param does not get better by retrying
-    def validate(params=None, dag_run=None, triggering_asset_events=None) -> dict:  # type: ignore[no-untyped-def]
-        from pipelines.tasks import validate_layout
+def layout_dag(dag_id: str, datasets: list[str], schedule: object) -> None:
+    """One layout DAG over ``datasets`` (its ``dataset`` Param), scheduled on ``schedule``.
 
-        events = [e.extra for evs in (triggering_asset_events or {}).values() for e in evs]
-        return validate_layout(ROOT, dict(params), known_datasets=DATASETS, events=events,
-                               explicit=list(dag_run.conf or {}))
+    A run lays out one dataset. With one configured dataset, ``fae_layout`` follows its
+    ingest Asset. With several, ingests of two datasets that finish in the same scheduler
+    loop would trigger one run for both, which can lay out only one: so each dataset gets
+    ``fae_layout_<dataset>``, scheduled on its own Asset, and ``fae_layout`` stays for
+    runs on demand (any dataset, by Param).
+    """
 
-    @task
-    def resolve(request: dict) -> list[str]:
-        from pipelines.tasks import train_partitions
+    @dag(
+        dag_id=dag_id,
+        schedule=schedule,
+        start_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+        catchup=False,
+        # Two runs at once would build the same partitions twice. (Layouts of different
+        # datasets may publish together: each write of LATEST is atomic.)
+        max_active_runs=1,
+        default_args={
+            "retries": 2,
+            "retry_delay": dt.timedelta(minutes=1),
+            "retry_exponential_backoff": 2.0,
+            "max_retry_delay": dt.timedelta(minutes=30),
+        },
+        params=_params(datasets),
+        tags=["fae"],
+        doc_md=__doc__,
+    )
+    def fae_layout() -> None:
+        @task(retries=0, multiple_outputs=False)  # a bad Param does not get better by retrying
+        def validate(params=None, dag_run=None, triggering_asset_events=None) -> dict:  # type: ignore[no-untyped-def]
+            from pipelines.tasks import validate_layout
 
-        return train_partitions(ROOT, request)
+            events = [e.extra for evs in (triggering_asset_events or {}).values() for e in evs]
+            return validate_layout(ROOT, dict(params), known_datasets=datasets, events=events,
+                                   explicit=list(dag_run.conf or {}))
 
-    @task(map_index_template="{{ partition }}", multiple_outputs=False)
-    def count(request: dict, partition: str) -> dict:
-        from pipelines.tasks import count_partition
+        @task
+        def resolve(request: dict) -> list[str]:
+            from pipelines.tasks import train_partitions
 
-        return count_partition(ROOT, request, partition)
+            return train_partitions(ROOT, request)
 
-    @task
-    def plan(request: dict) -> list[str]:
-        from pipelines.tasks import plan_layout
+        @task(map_index_template="{{ partition }}", multiple_outputs=False)
+        def count(request: dict, partition: str) -> dict:
+            from pipelines.tasks import count_partition
 
-        return plan_layout(ROOT, request)
+            return count_partition(ROOT, request, partition)
 
-    @task(map_index_template="{{ partition }}", multiple_outputs=False)
-    def encode(request: dict, partition: str) -> dict:
-        from pipelines.tasks import encode_partition
+        @task
+        def plan(request: dict) -> list[str]:
+            from pipelines.tasks import plan_layout
 
-        return encode_partition(ROOT, request, partition)
+            return plan_layout(ROOT, request)
 
-    @task(map_index_template="{{ stream }}", multiple_outputs=False)
-    def shards(request: dict, stream: str) -> dict:
-        from pipelines.tasks import cut_stream
+        @task(map_index_template="{{ partition }}", multiple_outputs=False)
+        def encode(request: dict, partition: str) -> dict:
+            from pipelines.tasks import encode_partition
 
-        return cut_stream(ROOT, request, stream)
+            return encode_partition(ROOT, request, partition)
 
-    # none_failed: encode and shards are skipped when the layout already exists.
-    @task(trigger_rule="none_failed", multiple_outputs=False)
-    def publish(request: dict) -> dict:
-        from pipelines.tasks import publish_layout
+        @task(map_index_template="{{ stream }}", multiple_outputs=False)
+        def shards(request: dict, stream: str) -> dict:
+            from pipelines.tasks import cut_stream
 
-        return publish_layout(ROOT, request)
+            return cut_stream(ROOT, request, stream)
 
-    @task
-    def report(built: dict) -> str:
-        from pipelines.tasks import layout_report
+        # none_failed: encode and shards are skipped when the layout already exists.
+        @task(trigger_rule="none_failed", multiple_outputs=False)
+        def publish(request: dict) -> dict:
+            from pipelines.tasks import publish_layout
 
-        return layout_report(built["manifest"])
+            return publish_layout(ROOT, request)
 
-    @task(outlets=[LAYOUTS], multiple_outputs=False)
-    def announce(built: dict, report_path: str, outlet_events=None) -> dict:  # type: ignore[no-untyped-def]
-        from airflow.sdk.exceptions import AirflowSkipException
+        @task
+        def report(built: dict) -> str:
+            from pipelines.tasks import layout_report
 
-        from pipelines.tasks import layout_event
+            return layout_report(built["manifest"])
 
-        extra = layout_event(built, report_path)
-        if built["status"] == "unchanged":  # nothing new: fae_train must not run again
-            raise AirflowSkipException(f"layout {built['layout_id']} was already published")
-        outlet_events[LAYOUTS].extra = extra
-        return extra
+        @task(outlets=[LAYOUTS], multiple_outputs=False)
+        def announce(built: dict, report_path: str, outlet_events=None) -> dict:  # type: ignore[no-untyped-def]
+            from airflow.sdk.exceptions import AirflowSkipException
 
-    request = validate()
-    counts = count.partial(request=request).expand(partition=resolve(request))
-    partitions = plan(request)
-    counts >> partitions
-    encoded = encode.partial(request=request).expand(partition=partitions)
-    cut = shards.partial(request=request).expand(stream=list(LAYOUT_STREAMS))
-    built = publish(request)
-    encoded >> cut >> built
-    announce(built, report(built))
+            from pipelines.tasks import layout_event
+
+            extra = layout_event(built, report_path)
+            if built["status"] == "unchanged":  # nothing new: fae_train must not run again
+                raise AirflowSkipException(f"layout {built['layout_id']} was already published")
+            outlet_events[LAYOUTS].extra = extra
+            return extra
+
+        request = validate()
+        counts = count.partial(request=request).expand(partition=resolve(request))
+        partitions = plan(request)
+        counts >> partitions
+        encoded = encode.partial(request=request).expand(partition=partitions)
+        cut = shards.partial(request=request).expand(stream=list(LAYOUT_STREAMS))
+        built = publish(request)
+        encoded >> cut >> built
+        announce(built, report(built))
+
+    fae_layout()
 
 
-fae_layout()
+if len(DATASETS) == 1:
+    layout_dag("fae_layout", DATASETS, AssetAny(*INGESTED))
+else:
+    layout_dag("fae_layout", DATASETS, None)
+    for name, asset in zip(DATASETS, INGESTED):
+        layout_dag(f"fae_layout_{name}", [name], asset)

@@ -186,3 +186,22 @@ def test_budget_schema_accepts_what_parse_budget_accepts() -> None:
         except BudgetError:
             ok = False
         assert bool(pattern.match(text)) == ok, text
+
+
+def test_several_datasets_get_a_layout_dag_each(
+    airflow_db: Any, dags_folder: Any, monkeypatch: Any
+) -> None:
+    """With two datasets, ingests finishing together triggered one fae_layout run for
+    both, whose validate refused it: neither dataset got a layout, day after day."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("FAE_DATASETS", "criteo,tb:taobao")
+    dags = DagBag(dag_folder=str(dags_folder / "fae_layout.py")).dags
+    assert set(dags) == {"fae_layout", "fae_layout_criteo", "fae_layout_tb"}
+    assert type(dags["fae_layout"].timetable).__name__ == "NullTimetable"  # on demand only
+    assert dags["fae_layout"].params.get_param("dataset").schema["enum"] == ["criteo", "tb"]
+    for name in ("criteo", "tb"):
+        dag = dags[f"fae_layout_{name}"]
+        assert _schedule_assets(dag) == [f"fae_ingested_{name}"]
+        assert dag.params.get_param("dataset").schema["enum"] == [name]
+        assert set(dag.task_ids) == set(dags["fae_layout"].task_ids)
