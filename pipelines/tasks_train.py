@@ -26,14 +26,41 @@ log = logging.getLogger(__name__)
 
 
 def train_target(root: str, manifest: str | None, events: Sequence[Mapping[str, Any]]) -> str:
-    """What to train on: the ``manifest`` Param, else the newest triggering manifest
-    event, else the root (the trainer then follows ``layouts/LATEST``)."""
+    """What to train on: the ``manifest`` Param, else the newest layout of the dataset
+    of the newest triggering event, else the root (the trainer follows ``layouts/LATEST``).
+
+    The newest layout rather than the event's own: fae_train runs one at a time, and a
+    run that was queued while another trained starts with the event that queued it, while
+    layouts published after that event do not queue another run. So a run takes the
+    root's ``LATEST`` when it is a layout of the same dataset published after the event.
+    """
     if manifest:
         return manifest
     for extra in reversed(list(events)):
         if extra.get("manifest"):
-            return str(extra["manifest"])
+            return _newer_latest(root, extra) or str(extra["manifest"])
     return root
+
+
+def _newer_latest(root: str, event: Mapping[str, Any]) -> str | None:
+    """The manifest ``LATEST`` names when it is a newer layout of the event's dataset."""
+    from fae_data import manifest as mf
+    from fae_data.errors import FaeError
+    from fae_data.storage import Storage
+
+    try:
+        newest, _ = mf.load(root)
+        mine, _ = mf.load(str(event["manifest"]))
+    except FaeError as exc:  # no LATEST yet, or a layout gone: train the event's
+        log.info("no newer layout than the event's (%s)", exc)
+        return None
+    if newest.layout_id == mine.layout_id or newest.dataset.name != mine.dataset.name \
+            or newest.created_at <= mine.created_at:
+        return None
+    path = Storage(root).display(*mf.layout_folder(newest.layout_id), mf.MANIFEST)
+    log.info("layout %s of dataset %s was published after the event's %s: training it",
+             newest.layout_id, newest.dataset.name, mine.layout_id)
+    return path
 
 
 def run_training(

@@ -218,3 +218,31 @@ def test_layout_tasks_refuse_stale_or_bad_requests(root: str) -> None:
         tasks.encode_partition(root, req, "nope")
     with pytest.raises(InputError, match="stream 'all' unknown"):
         tasks.cut_stream(root, req, "all")
+
+
+def test_a_queued_training_run_takes_the_newest_layout_of_its_dataset(tmp_path: Path) -> None:
+    """fae_train runs one at a time; a run queued behind a long training starts with the
+    event that queued it, and layouts published meanwhile queue no run: it trained an
+    older layout and the newest waited for yet another one."""
+    import json
+
+    from pipelines.layout import LayoutParams, run_layout
+
+    files = write_criteo(tmp_path / "raw", rows=400, days=2, scale=0.001, seed=5)
+    root = str(tmp_path / "root")
+    run_ingest([str(f) for f in files], root, IngestParams("criteo"))
+    old = run_layout(root, LayoutParams(budget="16KiB", batch_size=64))
+    new = run_layout(root, LayoutParams(budget="32KiB", batch_size=64))  # LATEST now
+    path = Path(new.manifest_path)
+    d = json.loads(path.read_text())
+    d["created_at"] = "2999-01-01T00:00:00+00:00"  # certainly published after the event's
+    path.write_text(json.dumps(d))
+    event = {"manifest": old.manifest_path, "layout_id": old.layout_id, "dataset": "criteo"}
+    assert tasks.train_target(root, None, [event]) == new.manifest_path
+    # The newest event's layout is already the newest: it is trained as it is.
+    event_new = {"manifest": new.manifest_path, "layout_id": new.layout_id}
+    assert tasks.train_target(root, None, [event, event_new]) == new.manifest_path
+    # An older LATEST (another dataset's, or published before) does not replace the event's.
+    d["created_at"] = "2000-01-01T00:00:00+00:00"
+    path.write_text(json.dumps(d))
+    assert tasks.train_target(root, None, [event]) == old.manifest_path
