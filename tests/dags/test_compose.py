@@ -176,3 +176,14 @@ def test_image_pins_are_exact_and_disjoint() -> None:
     assert not set(base) & set(airflow) and not set(base) & set(image)
     assert not set(airflow) & set(image)
     assert airflow["apache-airflow"].startswith("3.")
+
+
+def test_every_setting_the_dags_read_reaches_them() -> None:
+    """Five FAE_* settings the DAGs read were not passed by the compose file, so setting
+    them in .env did nothing."""
+    read = set()
+    for path in [*(REPO / "dags").glob("*.py"), REPO / "pipelines" / "tasks_config.py"]:
+        read |= set(re.findall(r"\b(FAE_[A-Z_]+)\b", path.read_text()))
+    text = (REPO / "docker-compose.yml").read_text()
+    passed = set(re.findall(r"^\s+(FAE_[A-Z_]+):", text, flags=re.M))
+    assert read - passed - {"FAE_BUCKET"} == set()
