@@ -162,7 +162,7 @@ def run_layout(
             if not missing:
                 point_latest(storage, lid)
                 return LayoutResult(lid, "unchanged", storage.display(*folder, mf.MANIFEST),
-                                    done)
+                                    done, split_notes(done))
             # Like a re-ingest of a damaged partition: build it again beside the published
             # files, which stay until the new manifest replaces theirs.
             log.warning("layout %s: %d file(s) of the published layout are missing or damaged (%s); "
@@ -184,7 +184,26 @@ def run_layout(
         step("publishing")
         manifest = build_manifest(lid, inputs, params, tables, written, planned)
         path = commit_layout(storage, manifest, planned)
-    return LayoutResult(lid, "published", path, manifest, list(planned.notes))
+    notes = split_notes(manifest)
+    for note in notes:
+        log.warning("%s", note)
+    return LayoutResult(lid, "published", path, manifest, [*planned.notes, *notes])
+
+
+def split_notes(manifest: mf.Manifest) -> list[str]:
+    """Warnings about evaluation splits that came out empty (a last day of one row, a
+    Taobao partition whose users have no earlier event): a trainer then reports no
+    val or test metrics, which should not be the first place anyone notices."""
+    by = manifest.stats.get("rows_by_split_and_kind") or {}
+    split = manifest.params.get("split") or {}
+    notes = []
+    for name in ("val", "test"):
+        if not any(rows for key, rows in by.items() if key.startswith(f"{name}/")):
+            parts = ", ".join(split.get(name) or []) or "(none)"
+            notes.append(f"layout {manifest.layout_id}: the {name} split is empty (partitions "
+                         f"{parts} gave no {name} rows); training will report no {name} "
+                         "metrics. Give other partitions with --val/--test, or more data")
+    return notes
 
 
 def write_vocabs(

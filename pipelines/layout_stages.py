@@ -64,6 +64,7 @@ from pipelines.layout import (
     profile_layout,
     resolve_inputs,
     shard_params,
+    split_notes,
     write_vocabs,
 )
 from pipelines.publish import build_dirs, missing_files
@@ -287,7 +288,8 @@ def publish(root: str, lid: str) -> LayoutResult:
             )
         point_latest(storage, lid)
         return LayoutResult(lid, "unchanged",
-                            storage.display(*mf.layout_folder(lid), mf.MANIFEST), manifest)
+                            storage.display(*mf.layout_folder(lid), mf.MANIFEST), manifest,
+                            split_notes(manifest))
     results = [_stream_result(storage, lid, s) for s in build.streams]
     written = collect_streams(results, layout_schema(storage, build.inputs.parts,
                                                      build.inputs.columns))
@@ -295,7 +297,10 @@ def publish(root: str, lid: str) -> LayoutResult:
                               build.planned)
     path = commit_layout(storage, manifest, build.planned)
     storage.remove(*build_folder(lid), recursive=True)
-    return LayoutResult(lid, "published", path, manifest)
+    notes = split_notes(manifest)
+    for note in notes:
+        log.warning("%s", note)
+    return LayoutResult(lid, "published", path, manifest, [*build.planned.notes, *notes])
 
 
 # --- helpers --------------------------------------------------------------------------

@@ -875,3 +875,22 @@ def test_verify_recomputes_the_statistics(tmp_path, synthetic_days, edit, messag
     path.write_text(json.dumps(d))
     checks = {c.name: c for c in verify_layout(*mf.load(str(layout_dir)), deep=False)}
     assert not checks["statistics"].ok and message in checks["statistics"].detail
+
+
+def test_an_empty_evaluation_split_is_warned_about(tmp_path, synthetic_days, caplog):
+    """A last day of one row gave val 0 and test 1 rows without a word; a trainer then
+    reported no val metrics."""
+    import logging
+
+    day = tmp_path / "day_9.tsv"
+    day.write_bytes(synthetic_days[0].read_bytes().splitlines(True)[0])
+    root = tmp_path / "r"
+    run_ingest([str(f) for f in [*synthetic_days, day]], str(root), IngestParams("criteo"))
+    with caplog.at_level(logging.WARNING, logger="pipelines.layout"):
+        result = run_layout(str(root), LayoutParams(budget="64KiB", batch_size=128))
+    assert result.manifest.stats["rows_by_split_and_kind"].get("val/all", 0) == 0
+    [note] = [n for n in result.notes if "split is empty" in n]
+    assert "the val split is empty (partitions day_9 gave no val rows)" in note
+    assert note in caplog.text
+    again = run_layout(str(root), LayoutParams(budget="64KiB", batch_size=128))
+    assert again.status == "unchanged" and note in again.notes  # said again on a rerun
