@@ -55,15 +55,26 @@ def bytes_per_row(dim: int, dtype_bytes: int, optimizer_slots: int) -> int:
     """GPU bytes of one embedding row: the weights plus one copy per optimizer slot.
 
     Raises:
-        InputError: ``dim`` or ``dtype_bytes`` below 1, or ``optimizer_slots`` below 0.
+        InputError: ``dim`` or ``dtype_bytes`` below 1, or ``optimizer_slots`` below 0,
+            or any of them above :data:`MAX_ROW_FACTOR` (the planner multiplies row bytes
+            by up to 2^32 rows in int64: a dim of 2^61 overflowed into a wrong plan).
     """
-    dim = _check_int("dim", dim, 1)
-    dtype_bytes = _check_int("dtype_bytes", dtype_bytes, 1)
-    return dim * dtype_bytes * (1 + _check_int("optimizer_slots", optimizer_slots, 0))
+    dim = _check_int("dim", dim, 1, maximum=MAX_ROW_FACTOR)
+    dtype_bytes = _check_int("dtype_bytes", dtype_bytes, 1, maximum=MAX_ROW_FACTOR)
+    slots = _check_int("optimizer_slots", optimizer_slots, 0, maximum=MAX_ROW_FACTOR)
+    return dim * dtype_bytes * (1 + slots)
 
 
-def _check_int(name: str, value: object, minimum: int, error: type[FaeError] = InputError) -> int:
+#: Largest embedding dimension, dtype width or optimizer slot count the planner takes:
+#: far beyond any real table, and row bytes x 2^32 rows stay within int64.
+MAX_ROW_FACTOR = 1 << 16
+
+
+def _check_int(name: str, value: object, minimum: int, error: type[FaeError] = InputError,
+               maximum: int | None = None) -> int:
     """``value`` as a Python int (numpy integers accepted), or ``error`` naming it."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise error(f"{name} ({value!r}) must be an integer >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise error(f"{name} ({value!r}) must be at most {maximum}")
     return int(value)

@@ -486,3 +486,13 @@ def test_budgets_are_ascii_and_max_rows_fits_uint32_ids() -> None:
     VocabParams(max_rows=2**32)
     with pytest.raises(InputError, match=r"max_rows \(4294967297\) is more rows than uint32"):
         VocabParams(max_rows=2**32 + 1)
+
+
+def test_row_bytes_cannot_overflow_the_plan() -> None:
+    """--dim 2^61 with a huge budget planned 11,920 of 22,304 rows (int64 overflow)."""
+    from fae_data.plan import bytes_per_row
+
+    assert bytes_per_row(65536, 8, 65536) == 65536 * 8 * 65537
+    for dim, slots in ((2**61, 0), (16, 2**63 - 1)):
+        with pytest.raises(InputError, match=r"must be at most 65536"):
+            bytes_per_row(dim, 4, slots)
