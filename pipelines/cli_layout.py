@@ -79,7 +79,7 @@ BudgetOpt = Annotated[str, typer.Option(
 DimOpt = Annotated[int, typer.Option(help="Embedding dimension of every table.")]
 TableDimOpt = Annotated[list[str] | None, typer.Option(
     help="Per-table dimension TABLE=DIM (repeatable).")]
-DtypeOpt = Annotated[str, typer.Option(help="Embedding dtype: float32, float16, bfloat16.")]
+DtypeOpt = Annotated[str, typer.Option(help="Embedding dtype: float32, float16, bfloat16, float64.")]
 SlotsOpt = Annotated[int, typer.Option(
     help="Optimizer state rows per embedding row (Adagrad 1, Adam 2).")]
 BatchOpt = Annotated[int, typer.Option(help="Rows per minibatch (= per row group).")]
