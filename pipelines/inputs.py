@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -17,7 +18,7 @@ import polars as pl
 
 from fae_data import manifest as mf
 from fae_data import schema
-from fae_data.errors import InputError
+from fae_data.errors import BackendError, InputError, StorageError
 from fae_data.partition import (
     INGESTED_DIR,
     check_name,
@@ -31,6 +32,8 @@ from fae_data.shard import InputPart, LayoutColumns
 from fae_data.storage import Storage
 from fae_data.taobao import SampleParams, build_samples
 from fae_data.vocab import VocabParams
+
+log = logging.getLogger(__name__)
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 SHARD_COMPRESSIONS = ("lz4", "none", "zstd", "snappy")
@@ -227,6 +230,9 @@ def _taobao_samples(
     key = _key([r.sha256 for r in refs], asdict(sp))
     folder = (SAMPLES_DIR, params.dataset, key)
     marker = (*folder, "_samples.json")
+    if storage.exists(*marker) and (damage := _samples_damage(storage, folder, parts)):
+        log.warning("%s: %s; building the samples again", storage.display(*folder), damage)
+        storage.remove(*marker)
     if not storage.exists(*marker):
         frames = [
             _scan(storage, p).with_columns(pl.lit(i, pl.UInt16).alias(_PART_COLUMN))
@@ -246,6 +252,24 @@ def _taobao_samples(
                   tuple(_ranges(p.name, int(rows[p.name]), _split([q.name for q in parts], params))))
         for p in parts
     ]
+
+
+def _samples_damage(storage: Storage, folder: tuple[str, ...], parts: list[InputPart]
+                    ) -> str | None:
+    """Why the cached samples in ``folder`` cannot be used (an unreadable marker, a sample
+    file missing, unreadable or of another row count than the marker says), or None.
+    Footers only: the same check ingest makes of a committed partition."""
+    try:
+        rows = storage.read_json(*folder, "_samples.json")["rows"]
+        for p in parts:
+            meta = storage.parquet_metadata(*folder, f"{p.name}.parquet")
+            if meta.num_rows != int(rows[p.name]):
+                return f"{p.name}.parquet holds {meta.num_rows} rows, the marker says {rows[p.name]}"
+    except BackendError:
+        raise  # the store cannot be reached: the cache may be fine
+    except (StorageError, KeyError, TypeError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
 
 
 def _split(names: list[str], params: LayoutParams) -> dict[str, Any]:

@@ -381,3 +381,33 @@ def test_a_taobao_layout_without_training_samples_is_refused(tmp_path: Path) -> 
     with pytest.raises(InputError, match="no training rows in a_first"):
         run_layout(root, LayoutParams(dataset="taobao", val=("b_rest",), budget="64KiB"))
     assert not (tmp_path / "root" / "layouts" / "LATEST").exists()
+
+
+def test_damaged_cached_samples_are_built_again(tmp_path: Path) -> None:
+    """A truncated or deleted sample file behind an intact _samples.json failed every
+    layout of the dataset, with no remedy; it is now built again, the same bytes."""
+    from fae_data.ingest import IngestParams
+    from pipelines.ingest import run_ingest
+    from pipelines.layout import LayoutParams, run_layout
+
+    _need(USER_ORDER)
+    lines = USER_ORDER.read_bytes().splitlines(True)[:6000]
+    files = []
+    for i in range(2):
+        path = tmp_path / f"part_{i}.csv"
+        path.write_bytes(b"".join(lines[i * 3000:(i + 1) * 3000]))
+        files.append(str(path))
+    root = tmp_path / "root"
+    run_ingest(files, str(root), IngestParams("taobao"), dataset="tb")
+    params = LayoutParams(dataset="tb", budget="64KiB", batch_size=64)
+    first = run_layout(str(root), params)
+    [cache] = list((root / "samples" / "tb").iterdir())
+    victim = cache / "part_0.parquet"
+    good = victim.read_bytes()
+    for damage, budget in ((lambda: victim.write_bytes(good[:500]), "32KiB"),
+                           (victim.unlink, "128KiB")):
+        damage()  # another budget: another layout over the same cached samples
+        again = run_layout(str(root), LayoutParams(dataset="tb", budget=budget, batch_size=64))
+        assert again.status == "published"
+        assert victim.read_bytes() == good
+    assert first.status == "published"
