@@ -128,6 +128,11 @@ def validate_layout(
                 + (f" between {start or '...'} and {end or '...'} (partitions are named by "
                    f"day; found: {', '.join(every[:10]) or 'none'})" if start or end else
                    "; run fae_ingest (or `fae ingest`) first"))
+        if start and end and (gaps := _missing_days(names, start, end)):
+            log.warning("%d day(s) from %s to %s have no ingested partition of dataset %s "
+                        "(%s%s); the layout covers the %d partition(s) found", len(gaps),
+                        start, end, request["dataset"], ", ".join(gaps[:10]),
+                        ", ..." if len(gaps) > 10 else "", len(names))
     request["partitions"] = names
     params = layout_params(request)
     inputs = resolve_inputs(storage, params)  # every partition committed, the split valid
@@ -157,6 +162,14 @@ def _in_range(name: str, start: dt.date | None, end: dt.date | None) -> bool:
     except ValueError:
         return False  # not a day partition
     return (start is None or day >= start) and (end is None or day <= end)
+
+
+def _missing_days(names: Sequence[str], start: dt.date, end: dt.date) -> list[str]:
+    """The days from ``start`` to ``end`` without a partition among ``names`` (day
+    partitions are named ``YYYY-MM-DD``, several files of a day ``YYYY-MM-DD_<file>``)."""
+    have = {n[:_DATE_LEN] for n in names}
+    days = (start + dt.timedelta(days=i) for i in range((end - start).days + 1))
+    return [d.isoformat() for d in days if d.isoformat() not in have]
 
 
 def layout_params(request: Mapping[str, Any]) -> Any:

@@ -246,3 +246,18 @@ def test_a_queued_training_run_takes_the_newest_layout_of_its_dataset(tmp_path: 
     d["created_at"] = "2000-01-01T00:00:00+00:00"
     path.write_text(json.dumps(d))
     assert tasks.train_target(root, None, [event]) == old.manifest_path
+
+
+def test_a_date_range_with_missing_days_is_warned_about(root: str, caplog) -> None:  # type: ignore[no-untyped-def]
+    """start/end over a month with three days ingested published a 3-day layout silently."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="pipelines.tasks_layout"):
+        request = tasks.validate_layout(root, {"start": DAYS[0], "end": "2024-01-05"})
+    assert request["partitions"] == list(DAYS)
+    assert "2 day(s) from 2024-01-01 to 2024-01-05 have no ingested partition of dataset " \
+        "criteo (2024-01-04, 2024-01-05)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipelines.tasks_layout"):
+        tasks.validate_layout(root, {"start": DAYS[0], "end": DAYS[2]})
+    assert "have no ingested partition" not in caplog.text
