@@ -21,7 +21,8 @@ The rule
    the first event of each user yields an empty history. Repeated items are kept.
 4. **Negatives.** Each positive gets ``negatives`` samples with ``label`` 0, the same
    ``user_id``, history and ``timestamp``, and a target drawn at random from the *events*
-   of the whole log, i.e. by item popularity, excluding every event whose item is the
+   of the whole log (with ``train`` given: a training positive's from the events of the
+   training partitions only, see :func:`build_samples`), i.e. by item popularity, excluding every event whose item is the
    positive's item (the draw is exact, not a redraw loop: it is uniform over the other
    events). The target's ``category_id`` is the drawn event's category, so an
    (item, category) pair of a negative always occurs in the log. A negative may repeat an
@@ -51,6 +52,7 @@ more samples from the same log, and the time split is left to the caller (``time
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,7 +125,8 @@ def _check_int(name: str, value: object, minimum: int) -> None:
 
 
 def build_samples(
-    events: pl.LazyFrame, params: SampleParams, carry: str | None = None
+    events: pl.LazyFrame, params: SampleParams, carry: str | None = None,
+    train: Sequence[int] | None = None,
 ) -> pl.DataFrame:
     """Turn a Taobao event log into labelled samples with histories (see the module doc).
 
@@ -133,7 +136,11 @@ def build_samples(
     ``positives * (1 + negatives)`` rows, sorted as the module doc says.
 
     ``carry`` names an extra column of ``events`` (e.g. the source partition) that each
-    sample takes from its target event and keeps as its last column.
+    sample takes from its target event and keeps as its last column. ``train`` lists the
+    ``carry`` values of the training partitions: the negatives of their positives are
+    drawn from their events only. Drawn from the whole log, a training sample's negative
+    could be an item first seen in validation or test, which then got a training count and
+    a vocabulary id, leaking which items the future holds into training.
 
     Raises :class:`InputError` if a column is missing, not an integer or has nulls, or if
     negatives are asked for but the log has a single distinct item (nothing to draw).
@@ -142,14 +149,13 @@ def build_samples(
     ordered_plan = typed.pipe(_in_user_order)
     # The pool is the log's events, grouped by (item, category) with their counts and
     # sorted, so the draws do not depend on input order or on the thread count.
-    pool_plan = (
-        typed.group_by(TAOBAO_ITEM, TAOBAO_CATEGORY)
-        .agg(pl.len().alias(_COUNT))
-        .sort(TAOBAO_ITEM, TAOBAO_CATEGORY)
-    )
+    pool_plan = _pool(typed)
+    train_pool_plan = (_pool(typed.filter(pl.col(carry).is_in(list(train))))
+                       if carry is not None and train is not None else pool_plan)
     nulls_plan = typed.select(pl.all().null_count())
-    # One pass over the source for all three (collect_all shares the common scan).
-    ordered, pool, nulls = pl.collect_all([ordered_plan, pool_plan, nulls_plan])
+    # One pass over the source for all of them (collect_all shares the common scan).
+    ordered, pool, train_pool, nulls = pl.collect_all(
+        [ordered_plan, pool_plan, train_pool_plan, nulls_plan])
     _check_no_nulls(nulls)
 
     # Samples are built as small scalar "key" rows first (which event, which target) and
@@ -160,7 +166,14 @@ def build_samples(
         .filter(pl.col(_POS) >= params.min_history)
         .with_columns(pl.lit(1, pl.Int8).alias(TAOBAO_LABEL), pl.lit(0, pl.UInt32).alias(_DRAW))
     )
-    negatives = _negatives(positives, pool, params)
+    if carry is not None and train is not None:
+        in_train = pl.col(carry).is_in(list(train))
+        negatives = pl.concat([
+            _negatives(positives.filter(in_train), train_pool, params, stream=1),
+            _negatives(positives.filter(~in_train), pool, params, stream=2),
+        ], how="vertical")
+    else:
+        negatives = _negatives(positives, pool, params)
     keys = pl.concat([positives, negatives], how="vertical").sort(
         [TAOBAO_TIMESTAMP, TAOBAO_USER, TAOBAO_LABEL, TAOBAO_ITEM, _POS, _DRAW],
         descending=[False, False, True, False, False, False],
@@ -254,11 +267,21 @@ def _lists(source: pl.Series, offsets: np.ndarray, rows: np.ndarray) -> pl.Serie
     return pl.Series(source.name, pa.LargeListArray.from_arrays(pa.array(offsets), values))
 
 
-def _negatives(positives: pl.DataFrame, pool: pl.DataFrame, params: SampleParams) -> pl.DataFrame:
+def _pool(events: pl.LazyFrame) -> pl.LazyFrame:
+    """The events grouped by (item, category) with their counts, sorted, so that the
+    draws depend neither on input order nor on the thread count."""
+    return (events.group_by(TAOBAO_ITEM, TAOBAO_CATEGORY).agg(pl.len().alias(_COUNT))
+            .sort(TAOBAO_ITEM, TAOBAO_CATEGORY))
+
+
+def _negatives(positives: pl.DataFrame, pool: pl.DataFrame, params: SampleParams,
+               stream: int = 0) -> pl.DataFrame:
     """``params.negatives`` rows per positive, targets drawn from the pool's events.
 
     ``positives`` must be in (user, position) order and ``pool`` sorted by (item,
-    category); both fix the order in which random numbers are used.
+    category); both fix the order in which random numbers are used. ``stream`` separates
+    the random numbers of positives drawn from different pools (0: the seed alone).
+    Every positive's item must be in ``pool``.
     """
     per_positive = params.negatives
     if per_positive == 0 or positives.height == 0:
@@ -284,7 +307,7 @@ def _negatives(positives: pl.DataFrame, pool: pl.DataFrame, params: SampleParams
             "need at least 2 distinct items, or set negatives to 0"
         )
 
-    rng = np.random.default_rng(params.seed)
+    rng = np.random.default_rng([params.seed, stream] if stream else params.seed)
     shape = (positives.height, per_positive)
     draws = rng.integers(0, others[:, None], size=shape, dtype=np.int64)
     draws += np.where(draws >= lo[:, None], width[:, None], 0)

@@ -227,7 +227,11 @@ def _taobao_samples(
     """
     sp = SampleParams(history_length=params.history_length, negatives=params.negatives,
                       seed=params.seed)
-    key = _key([r.sha256 for r in refs], asdict(sp))
+    names = [p.name for p in parts]
+    split = _split(names, params)
+    train = [i for i, name in enumerate(names) if name in split["train"]]
+    # Training negatives come from the training partitions (the key says which).
+    key = _key([r.sha256 for r in refs], {**asdict(sp), "negative_pool": split["train"]})
     folder = (SAMPLES_DIR, params.dataset, key)
     marker = (*folder, "_samples.json")
     if storage.exists(*marker) and (damage := _samples_damage(storage, folder, parts)):
@@ -238,7 +242,7 @@ def _taobao_samples(
             _scan(storage, p).with_columns(pl.lit(i, pl.UInt16).alias(_PART_COLUMN))
             for i, p in enumerate(parts)
         ]
-        samples = build_samples(pl.concat(frames), sp, carry=_PART_COLUMN)
+        samples = build_samples(pl.concat(frames), sp, carry=_PART_COLUMN, train=train)
         rows = {}
         for i, p in enumerate(parts):
             mine = samples.filter(pl.col(_PART_COLUMN) == i).drop(_PART_COLUMN)
@@ -249,7 +253,7 @@ def _taobao_samples(
     rows = storage.read_json(*marker)["rows"]
     return [
         InputPart(p.name, "/".join((*folder, f"{p.name}.parquet")), int(rows[p.name]),
-                  tuple(_ranges(p.name, int(rows[p.name]), _split([q.name for q in parts], params))))
+                  tuple(_ranges(p.name, int(rows[p.name]), split)))
         for p in parts
     ]
 

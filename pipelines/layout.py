@@ -86,7 +86,13 @@ class LayoutResult:
 # --- shards and publish ---------------------------------------------------------------
 
 
-def manifest_params(params: LayoutParams, split: dict[str, Any]) -> dict[str, Any]:
+def manifest_params(params: LayoutParams, split: dict[str, Any], kind: str = "criteo"
+                    ) -> dict[str, Any]:
+    """The layout's parameters as the manifest records them (and its id hashes). Taobao
+    layouts also say where training negatives come from (``negative_pool``: the training
+    partitions' events, see :func:`fae_data.taobao.build_samples`): layouts built before
+    that rule drew them from the whole log, and get another id."""
+    extra = {"negative_pool": "train"} if kind == "taobao" else {}
     return {
         "budget_bytes": params.budget_bytes,
         "embedding_dim": params.embedding_dim,
@@ -103,13 +109,15 @@ def manifest_params(params: LayoutParams, split: dict[str, Any]) -> dict[str, An
         "history_length": params.history_length,
         "negatives": params.negatives,
         "split": split,
+        **extra,
     }
 
 
 def compute_layout_id(inputs: Inputs, params: LayoutParams) -> str:
     return mf.layout_id(
         [f"{r.name}:{r.sha256}:{r.rows}" for r in inputs.refs],
-        {**manifest_params(params, inputs.split), "dataset": params.dataset, "kind": inputs.kind},
+        {**manifest_params(params, inputs.split, inputs.kind), "dataset": params.dataset,
+         "kind": inputs.kind},
     )
 
 
@@ -242,7 +250,7 @@ def build_manifest(
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         producer={"name": "fae-data", "version": __version__},
         dataset=mf.DatasetRef(params.dataset, inputs.kind, inputs.refs),
-        params=manifest_params(params, inputs.split),
+        params=manifest_params(params, inputs.split, inputs.kind),
         tables=tuple(tables),
         stats={
             "rows_in": inputs.rows_in,

@@ -662,8 +662,14 @@ def test_taobao_layout_matches_naive_reference(tmp_path):
     events = [pl.read_csv(f, has_header=False, new_columns=["user_id", "item_id", "category_id",
                                                               "behavior_type", "timestamp"])
               .with_columns(pl.lit(d).alias("day")) for d, f in enumerate(files)]
-    samples = build_samples(pl.concat(events).lazy(), SampleParams(), carry="day")
+    samples = build_samples(pl.concat(events).lazy(), SampleParams(), carry="day", train=[0, 1])
     train = samples.filter(pl.col("day") < 2).to_dicts()
+    # No leak from the future: every item of a training sample, negatives included, is an
+    # item of the training days (negatives were drawn from the whole log, day 2 included).
+    train_items = set(pl.concat(events[:2])["item_id"].to_list())
+    assert {r["item_id"] for r in train} <= train_items
+    assert any(r["label"] == 0 for r in train)
+    assert m.params["negative_pool"] == "train"
     columns = {"user_id": "user_id", "item_id": "item_id", "category_id": "category_id",
                "hist_item_id": "item_id", "hist_category_id": "category_id"}
     counts: dict[str, Counter] = {t: Counter() for t in set(columns.values())}

@@ -411,3 +411,27 @@ def test_damaged_cached_samples_are_built_again(tmp_path: Path) -> None:
         assert again.status == "published"
         assert victim.read_bytes() == good
     assert first.status == "published"
+
+
+def test_training_negatives_come_from_training_events():
+    """Drawn from the whole log, 1,633 of 11,142 training rows of the real sample (3 days,
+    2 for training) had a negative item first seen on the evaluation day, which then got
+    a training count and id. With ``train``, they come from the training days only."""
+    _need(TIME_ORDER)
+    lines = TIME_ORDER.read_bytes().splitlines(True)[:30000]
+    days = [pl.read_csv(b"".join(lines[d * 10000:(d + 1) * 10000]), has_header=False,
+                        new_columns=list(TAOBAO_COLUMNS)).with_columns(pl.lit(d).alias("day"))
+            for d in range(3)]
+    log = pl.concat(days).lazy()
+    before = build_samples(log, SampleParams(), carry="day")
+    after = build_samples(log, SampleParams(), carry="day", train=[0, 1])
+    assert after.equals(build_samples(log, SampleParams(), carry="day", train=[0, 1]))
+    positives = [f.filter(pl.col("label") == 1) for f in (before, after)]
+    assert positives[0].equals(positives[1])  # only negatives change
+    assert after.height == before.height
+    train_items = set(pl.concat(days[:2])["item_id"].to_list())
+    negatives = after.filter(pl.col("label") == 0)
+    train_neg = negatives.filter(pl.col("day") < 2)["item_id"].to_list()
+    assert train_neg and set(train_neg) <= train_items
+    later = set(negatives.filter(pl.col("day") == 2)["item_id"].to_list())
+    assert later - train_items  # evaluation negatives still come from the whole log
