@@ -48,7 +48,7 @@ from pipelines.tasks_layout import (
     train_partitions,
     validate_layout,
 )
-from pipelines.tasks_train import run_training, train_target
+from pipelines.tasks_train import TrainerRefused, run_training, train_target
 
 __all__ = [
     "DEFAULT_DATASETS",
@@ -63,6 +63,7 @@ __all__ = [
     "LAYOUT_PARAMS",
     "LAYOUT_STREAMS",
     "DatasetConfig",
+    "TrainerRefused",
     "asset_uri",
     "count_partition",
     "cut_stream",

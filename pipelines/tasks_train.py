@@ -25,6 +25,12 @@ from fae_data.errors import InputError
 log = logging.getLogger(__name__)
 
 
+class TrainerRefused(RuntimeError):
+    """The trainer refused its input with one ``error:`` line (a bad layout, a checksum
+    mismatch, another vocabulary's checkpoint): a retry meets the same input, so the DAG
+    fails the task at once instead (a crash, a kill or a timeout is retried)."""
+
+
 def train_target(root: str, manifest: str | None, events: Sequence[Mapping[str, Any]]) -> str:
     """What to train on: the ``manifest`` Param, else the newest layout of the dataset
     of the newest triggering event, else the root (the trainer follows ``layouts/LATEST``).
@@ -126,7 +132,9 @@ def run_training(
         raise RuntimeError(f"trainer ran past {timeout_s} s and was killed: "
                            f"{shlex.join(argv)}\n{tail}")
     if code != 0:
-        raise RuntimeError(f"trainer exited with code {code}: {shlex.join(argv)}\n{tail}")
+        refused = code in (1, 2) and any(line.startswith("error: ") for line in lines[-20:])
+        raise (TrainerRefused if refused else RuntimeError)(
+            f"trainer exited with code {code}: {shlex.join(argv)}\n{tail}")
     return {"target": target, "exit_code": code, "summary": _last_json(lines)}
 
 

@@ -128,9 +128,17 @@ def test_train_target_and_command(tmp_path: Path) -> None:
     assert out["summary"] == {"argv": ["/a path/manifest.json", "--max-steps", "7"]}
     with pytest.raises(InputError, match="placeholders are"):
         tasks.run_training("{python} {nope}", root="/r")
-    with pytest.raises(RuntimeError, match="exited with code 3(.|\n)*boom"):
+    with pytest.raises(RuntimeError, match="exited with code 3(.|\n)*boom") as crash:
         tasks.run_training(f"{sys.executable} -c \"print('boom'); raise SystemExit(3)\"",
                            root="/r")
+    assert not isinstance(crash.value, tasks.TrainerRefused)  # a crash is retried
+    # The trainer's own refusal (one `error:` line, exit 1) is not: the DAG fails at once.
+    with pytest.raises(tasks.TrainerRefused, match="exited with code 1(.|\n)*error: bad"):
+        tasks.run_training(f"{sys.executable} -c \"print('error: bad layout'); "
+                           "raise SystemExit(1)\"", root="/r")
+    with pytest.raises(RuntimeError) as traceback:  # an uncaught exception also exits 1
+        tasks.run_training(f"{sys.executable} -c \"raise ValueError('x')\"", root="/r")
+    assert not isinstance(traceback.value, tasks.TrainerRefused)
 
 
 def test_train_timeout_kills_the_trainer_and_its_children(tmp_path: Path) -> None:
