@@ -1,9 +1,9 @@
 """fae_layout: profile ingested partitions and publish a training layout.
 
 Runs when fae_ingest updates a dataset (the Asset ``fae_ingested_<dataset>``), and on
-demand with Params. With several datasets in ``FAE_DATASETS`` each has its own scheduled
-DAG ``fae_layout_<dataset>`` and ``fae_layout`` runs on demand only (see
-:func:`layout_dag`). On demand: Params (UI "Trigger", ``airflow dags trigger fae_layout --conf '{...}'`` or
+demand with Params. With several datasets in ``FAE_DATASETS`` each has its own DAG
+``fae_layout_<dataset>``, scheduled and on demand, instead (see :func:`layout_dag`). On
+demand: Params (UI "Trigger", ``airflow dags trigger fae_layout --conf '{...}'`` or
 ``POST /api/v2/dags/fae_layout/dagRuns``). Invalid Params are refused when the run is
 triggered (their JSON schema: a budget such as "abc", an unknown dataset, a wrong type);
 what a schema cannot say (end before start, no partitions in the range) fails the first
@@ -60,8 +60,9 @@ def layout_dag(dag_id: str, datasets: list[str], schedule: object) -> None:
     A run lays out one dataset. With one configured dataset, ``fae_layout`` follows its
     ingest Asset. With several, ingests of two datasets that finish in the same scheduler
     loop would trigger one run for both, which can lay out only one: so each dataset gets
-    ``fae_layout_<dataset>``, scheduled on its own Asset, and ``fae_layout`` stays for
-    runs on demand (any dataset, by Param).
+    ``fae_layout_<dataset>``, scheduled on its own Asset and triggered on demand for it.
+    One DAG per dataset, not another one for all: ``max_active_runs`` holds per DAG, and
+    two runs building the same layout at once would delete each other's staging files.
     """
 
     @dag(
@@ -162,6 +163,5 @@ def layout_dag(dag_id: str, datasets: list[str], schedule: object) -> None:
 if len(DATASETS) == 1:
     layout_dag("fae_layout", DATASETS, AssetAny(*INGESTED))
 else:
-    layout_dag("fae_layout", DATASETS, None)
     for name, asset in zip(DATASETS, INGESTED):
         layout_dag(f"fae_layout_{name}", [name], asset)

@@ -232,8 +232,10 @@ class Storage:
                 entries = self.fs.ls(p, detail=True)
         except FileNotFoundError:
             return {}
+        # Not only "file": fsspec calls a symbolic link "other" (a layout copied with
+        # `cp -s`), and its size is the target's.
         return {posixpath.basename(e["name"].rstrip("/")): int(e.get("size") or 0)
-                for e in entries if e.get("type") == "file"}
+                for e in entries if e.get("type") != "directory"}
 
     def sha256(self, *parts: str) -> str:
         with self._reach(*parts):

@@ -169,7 +169,8 @@ def build_samples(
     if carry is not None and train is not None:
         in_train = pl.col(carry).is_in(list(train))
         negatives = pl.concat([
-            _negatives(positives.filter(in_train), train_pool, params, stream=1),
+            _negatives(positives.filter(in_train), train_pool, params, stream=1,
+                       where="the training partitions"),
             _negatives(positives.filter(~in_train), pool, params, stream=2),
         ], how="vertical")
     else:
@@ -275,7 +276,7 @@ def _pool(events: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def _negatives(positives: pl.DataFrame, pool: pl.DataFrame, params: SampleParams,
-               stream: int = 0) -> pl.DataFrame:
+               stream: int = 0, where: str = "the log") -> pl.DataFrame:
     """``params.negatives`` rows per positive, targets drawn from the pool's events.
 
     ``positives`` must be in (user, position) order and ``pool`` sorted by (item,
@@ -303,8 +304,9 @@ def _negatives(positives: pl.DataFrame, pool: pl.DataFrame, params: SampleParams
     others = total - width
     if (others == 0).any():
         raise InputError(
-            f"cannot draw negatives: every event of the log has item {int(target[0])}; "
-            "need at least 2 distinct items, or set negatives to 0"
+            f"cannot draw negatives: every event of {where} has item "
+            f"{int(target[(others == 0).argmax()])}; need at least 2 distinct items there, "
+            "other partitions, or negatives 0"
         )
 
     rng = np.random.default_rng([params.seed, stream] if stream else params.seed)

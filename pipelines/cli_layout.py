@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pipelines.cli_common import AsJson, Debug, Quiet, _emit, _guarded, _progress, out
@@ -145,6 +146,9 @@ def layout(
             out.print("  [yellow]the budget holds every row of every table: all training "
                       "rows are hot and the cold split is empty[/]")
         out.print("  rows: " + ", ".join(f"{k} {v:,}" for k, v in st["rows_by_split_and_kind"].items()))
+        if result.status == "unchanged":  # a new build logged them as warnings already
+            for note in result.notes:
+                out.print(f"  [yellow]note:[/] {escape(note)}", highlight=False)
 
     _emit(as_json, result.to_dict(), human)
 

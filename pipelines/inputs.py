@@ -155,7 +155,8 @@ def resolve_inputs(storage: Storage, params: LayoutParams) -> Inputs:
     names = list(params.partitions) or storage.listdir(INGESTED_DIR, params.dataset)
     # Numbers by value (day_2 before day_10), whatever order --partition gave: the
     # default split's last partition is the last day.
-    names = sorted((n for n in names if not n.startswith(".")), key=name_order)
+    names = sorted((n for n in names if not n.startswith(".")),
+                   key=lambda n: (name_order(n), n))  # d_2 and d_02: by text after value
     if not names:
         raise InputError(
             f"{storage.display(INGESTED_DIR, params.dataset)}: no ingested partitions; run "

@@ -69,6 +69,10 @@ def parse_datasets(value: str | None) -> tuple[DatasetConfig, ...]:
         if not re.match(_NAME_PATTERN, name):
             raise InputError(f"{ENV_DATASETS}={text!r}: dataset name {name!r} is not allowed: "
                              "use letters, digits and _ . = - (starting with a letter or digit)")
+        if "=" in name or "." in name:
+            raise InputError(f"{ENV_DATASETS}={text!r}: dataset name {name!r} is not allowed "
+                             "in the DAGs: its task groups and layout DAGs are named after it; "
+                             "use letters, digits, _ and -")
         if any(d.name == name for d in out):
             raise InputError(f"{ENV_DATASETS}={text!r}: dataset {name!r} appears twice")
         out.append(DatasetConfig(name, kind))

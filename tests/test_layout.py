@@ -900,3 +900,47 @@ def test_an_empty_evaluation_split_is_warned_about(tmp_path, synthetic_days, cap
     assert note in caplog.text
     again = run_layout(str(root), LayoutParams(budget="64KiB", batch_size=128))
     assert again.status == "unchanged" and note in again.notes  # said again on a rerun
+
+
+def test_partition_names_equal_by_number_keep_one_order(tmp_path):
+    """d_2 and d_02 have the same numbers: the split followed the --partition flags."""
+    from pipelines.inputs import resolve_inputs
+
+    files = write_criteo(tmp_path / "raw", rows=100, days=3, seed=4, scale=0.0005)
+    run_ingest([str(f) for f in files], str(tmp_path / "r"), IngestParams("criteo"),
+               partitions=["d_1", "d_2", "d_02"])
+    store = Storage(str(tmp_path / "r"))
+    splits = {tuple(resolve_inputs(store, LayoutParams(partitions=order)).split["val"])
+              for order in (("d_1", "d_2", "d_02"), ("d_1", "d_02", "d_2"))}
+    assert splits == {("d_2",)}
+
+
+def test_layout_files_behind_symbolic_links_are_not_missing(tmp_path, synthetic_days):
+    """A layout copied with `cp -s` (links to its files) was rebuilt by every rerun:
+    fsspec lists a link as "other", not "file"."""
+    import os
+
+    root = tmp_path / "r"
+    m, layout_dir = build(root, synthetic_days, budget="64KiB", batch_size=128)
+    for path in [layout_dir / s.path for s in m.shards] + [layout_dir / t.vocab_path
+                                                           for t in m.tables]:
+        target = tmp_path / "store" / path.relative_to(layout_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(target)
+        os.symlink(target, path)
+    from pipelines.publish import missing_files
+
+    assert missing_files(Storage(str(root)), m) == []
+    assert run_layout(str(root), LayoutParams(budget="64KiB", batch_size=128)).status == "unchanged"
+
+
+def test_statistics_of_a_layout_without_per_table_accesses_pass(tmp_path, synthetic_days):
+    """The first layout release wrote no tables[].accesses: verify failed it."""
+    m, layout_dir = build(tmp_path / "r", synthetic_days, budget="64KiB", batch_size=128)
+    path = layout_dir / mf.MANIFEST
+    d = json.loads(path.read_text())
+    for t in d["tables"]:
+        del t["accesses"]
+    path.write_text(json.dumps(d))
+    checks = {c.name: c for c in verify_layout(*mf.load(str(layout_dir)), deep=False)}
+    assert checks["statistics"].ok, checks["statistics"].detail

@@ -435,3 +435,15 @@ def test_training_negatives_come_from_training_events():
     assert train_neg and set(train_neg) <= train_items
     later = set(negatives.filter(pl.col("day") == 2)["item_id"].to_list())
     assert later - train_items  # evaluation negatives still come from the whole log
+
+
+def test_a_training_log_of_one_item_names_the_training_partitions():
+    """Training negatives come from the training partitions: with one item there, the
+    error said "every event of the log has item 777" of a log with many items."""
+    events = frame([(1, 777, 1, 0), (1, 777, 1, 1), (2, 777, 1, 2), (2, 777, 1, 3),
+                    (1, 5, 2, 4), (1, 6, 2, 5)]).with_columns(
+        pl.Series("day", [0, 0, 0, 0, 1, 1]))
+    with pytest.raises(InputError, match="every event of the training partitions has item "
+                                         "777; need at least 2 distinct items there"):
+        build_samples(events, SampleParams(), carry="day", train=[0])
+    assert build_samples(events, SampleParams(negatives=0), carry="day", train=[0]).height == 4

@@ -97,8 +97,8 @@ def test_fae_ingest_catchup_and_datasets_from_env(
     assert dag.catchup is True
     assert {t.task_id for t in dag.tasks} == {
         "criteo.wait_for_files", "criteo.ingest", "tb.wait_for_files", "tb.ingest"}
-    layout = DagBag(dag_folder=str(dags_folder / "fae_layout.py")).dags["fae_layout"]
-    assert layout.params.get_param("dataset").schema["enum"] == ["criteo", "tb"]
+    layouts = DagBag(dag_folder=str(dags_folder / "fae_layout.py")).dags
+    assert layouts["fae_layout_tb"].params.get_param("dataset").schema["enum"] == ["tb"]
 
 
 def test_fae_layout_wiring(dagbag: Any) -> None:
@@ -192,16 +192,18 @@ def test_several_datasets_get_a_layout_dag_each(
     airflow_db: Any, dags_folder: Any, monkeypatch: Any
 ) -> None:
     """With two datasets, ingests finishing together triggered one fae_layout run for
-    both, whose validate refused it: neither dataset got a layout, day after day."""
+    both, whose validate refused it: neither dataset got a layout, day after day. One DAG
+    per dataset (scheduled, and on demand for that dataset); no second DAG over all of
+    them, whose runs could overlap a dataset's own and delete its staging files."""
     from airflow.dag_processing.dagbag import DagBag
 
     monkeypatch.setenv("FAE_DATASETS", "criteo,tb:taobao")
     dags = DagBag(dag_folder=str(dags_folder / "fae_layout.py")).dags
-    assert set(dags) == {"fae_layout", "fae_layout_criteo", "fae_layout_tb"}
-    assert type(dags["fae_layout"].timetable).__name__ == "NullTimetable"  # on demand only
-    assert dags["fae_layout"].params.get_param("dataset").schema["enum"] == ["criteo", "tb"]
+    assert set(dags) == {"fae_layout_criteo", "fae_layout_tb"}
     for name in ("criteo", "tb"):
         dag = dags[f"fae_layout_{name}"]
         assert _schedule_assets(dag) == [f"fae_ingested_{name}"]
         assert dag.params.get_param("dataset").schema["enum"] == [name]
-        assert set(dag.task_ids) == set(dags["fae_layout"].task_ids)
+        assert dag.max_active_runs == 1
+        assert set(dag.task_ids) == {"validate", "resolve", "count", "plan", "encode",
+                                     "shards", "publish", "report", "announce"}

@@ -37,6 +37,8 @@ def test_datasets_setting() -> None:
         tasks.parse_datasets("a:criteo,a:taobao")
     with pytest.raises(InputError, match="dataset name '../x' is not allowed"):
         tasks.parse_datasets("../x:criteo")
+    with pytest.raises(InputError, match="dataset name 'x=y' is not allowed in the DAGs"):
+        tasks.parse_datasets("x=y:criteo")  # an Airflow id (task group, DAG) is named after it
 
 
 def test_name_pattern_is_the_ingest_rule() -> None:
