@@ -137,17 +137,25 @@ def check_folder(folder: str | os.PathLike[str]) -> None:
 
 
 def _not_for_checkpoints(out: Path) -> str | None:
-    """Why ``out`` holds something other than checkpoints that they would damage."""
-    if not out.is_dir():
+    """Why ``out`` holds data that checkpoints would damage or mix with: a layouts folder
+    (its ``LATEST`` names a layout), a layout or its shards, a storage root. Unreadable
+    entries are not judged here: the probe write of :func:`check_folder` is."""
+    try:
+        if not out.is_dir():
+            return None
+        latest = out / LATEST
+        if latest.is_file():
+            named = latest.read_text(errors="replace").strip()
+            if not (named.startswith("ckpt-") and named.endswith(".pt")):
+                return f"its {LATEST} names {named[:40]!r}, not a checkpoint (a layouts folder?)"
+        if (out / "manifest.json").is_file():
+            return "it holds a layout (manifest.json)"
+        if (out / "layouts").is_dir() or (out / "ingested").is_dir():
+            return "it is a storage root (layouts/, ingested/)"
+        if next(out.glob("*.parquet"), None) is not None:
+            return "it holds Parquet data (a layout's shards?)"
+    except OSError:
         return None
-    latest = out / LATEST
-    if latest.is_file():
-        named = latest.read_text(errors="replace").strip()
-        if not (named.startswith("ckpt-") and named.endswith(".pt")):
-            return f"its {LATEST} names {named[:40]!r}, not a checkpoint (a layouts folder?)"
-    if (out / "manifest.json").is_file() or any(
-            (p / "manifest.json").is_file() for p in out.iterdir() if p.is_dir()):
-        return "it holds a layout (manifest.json)"
     return None
 
 

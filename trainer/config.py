@@ -74,6 +74,9 @@ class TrainConfig:
                 ("prefetch", self.prefetch), ("adapt_batches", self.adapt_batches),
                 ("switch_every", self.switch_every), ("adapt_every", self.adapt_every),
                 ("adapt_max", self.adapt_max))),
+            (not self.cuda_graphs or self.placement in ("fae", "gpu"),
+             f"--cuda-graphs needs --placement fae or gpu (the hot rows on the accelerator), "
+             f"not {self.placement}"),
             (self.decay_steps is None or self.decay == "none"
              or self.decay_steps > self.warmup_steps,
              f"decay_steps ({self.decay_steps}) must be larger than warmup_steps "

@@ -16,12 +16,15 @@ What a graph needs and how the step provides it:
   place (none of them is ever reallocated after the first step).
 - No host values: the learning rate is a 0-dim tensor filled before each replay, and the
   dense optimizer is written out with ``torch._foreach_*`` ops, which take it as a
-  tensor (``torch.optim``'s ``step`` reads it as a Python number). Its arithmetic is
-  ``torch.optim.SGD``'s and ``Adagrad``'s (no momentum, no weight decay, no lr decay);
+  tensor (``torch.optim``'s ``step`` reads it as a Python number). Its rules are
+  ``torch.optim.SGD``'s and ``Adagrad``'s (no momentum, no weight decay, no lr decay),
+  rounded in one more step where ``addcdiv_`` may fuse two: SGD agrees to float noise,
+  Adagrad closely (it magnifies differences where its accumulators are near zero).
   Adagrad's ``step`` counters, which only lr decay reads, are advanced on the host.
-- Warm-up: the first eligible steps run the same step function eagerly (real steps),
-  then it is captured; a capture that fails leaves eager steps for the rest of the run,
-  with a warning.
+- Warm-up: the first eligible steps run the same step function eagerly (real steps), on
+  a side stream as PyTorch's recipe for whole-network capture does, then it is
+  captured; a capture that fails leaves eager steps for the rest of the run, with a
+  warning.
 
 Hot steps only (``fae``; every step under ``gpu``), one process (no data parallel). On a
 CPU there is nothing to capture: the same fixed-shape step runs eagerly, which is how the
@@ -87,11 +90,23 @@ class HotStepGraph:
             self.replays += 1
         else:
             self.eager_left -= 1
-            self._body()
+            self._eager()
         if self.adagrad:  # the counters torch.optim keeps (only lr decay reads them)
             for p in self.params:
                 self.optimizer.state[p]["step"] += 1
         return self.loss.clone()
+
+    def _eager(self) -> None:
+        """The step run eagerly; before a capture, on a side stream (lazy initialisation
+        of cuBLAS and the autograd engine happens off the stream that is captured)."""
+        if not self.capture or self.failed:
+            self._body()
+            return
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._body()
+        torch.cuda.current_stream().wait_stream(side)
 
     def _record(self) -> None:
         graph = torch.cuda.CUDAGraph()

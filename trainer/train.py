@@ -80,13 +80,15 @@ def _same_layout_everywhere(ctx: dp.DistContext, layout_id: str) -> None:
             "layout instead of the root")
 
 
-def _check_model_options(config: TrainConfig, saved: DLRMConfig, path: str) -> None:
+def _check_model_options(config: TrainConfig, saved: DLRMConfig, path: str,
+                         has_lists: bool) -> None:
     """A resumed run takes its model's shape from the checkpoint; a shape option given
     that says otherwise is refused rather than silently ignored."""
     for option in ("bottom_mlp", "top_mlp", "list_pooling"):
         given, had = getattr(config, option), getattr(saved, option)
-        if option == "bottom_mlp" and not saved.num_dense:
-            continue  # no bottom MLP (no dense features): the option does not apply
+        if (option == "bottom_mlp" and not saved.num_dense) or (
+                option == "list_pooling" and not has_lists):
+            continue  # no bottom MLP (no dense features), no lists: the option does not apply
         if given is not None and given != had:
             flag = "--" + option.replace("_", "-")
             had_s, given_s = ("-".join(map(str, v)) if isinstance(v, tuple) else str(v)
@@ -104,6 +106,9 @@ class Trainer:
         self.ctx = ctx
         self.rank, self.world = (ctx.rank, ctx.world) if ctx else (0, 1)
         self.is_main = self.rank == 0
+        if config.cuda_graphs and ctx is not None:
+            raise TrainerError("--cuda-graphs records the hot steps of one process: not "
+                               "under torchrun")
         # Everything that can refuse the run does so here, before the first step.
         resume = ckpt_io.load(config.resume) if config.resume else None
         self.reader = LayoutReader(config.target)
@@ -127,7 +132,7 @@ class Trainer:
                                            self.reader.dim))
         mc = self.model_config
         if resume is not None:
-            _check_model_options(config, mc, resume["path"])
+            _check_model_options(config, mc, resume["path"], bool(sch.lists))
         if (mc.num_dense, mc.num_sparse, mc.embedding_dim) != (
                 len(sch.dense), sch.num_sparse, self.reader.dim):
             raise CheckpointError("the checkpoint's model does not fit this layout's columns")
@@ -159,9 +164,6 @@ class Trainer:
             else torch.optim.Adagrad(params, lr=config.lr, eps=1e-10))
         self.pin = self.device.type == "cuda" and config.placement != "cpu"
         self._graphs: dict[int, HotStepGraph] = {}  # by store: hot steps as CUDA graphs
-        if config.cuda_graphs and (ctx is not None or config.placement not in ("fae", "gpu")):
-            raise TrainerError("--cuda-graphs records hot steps of one process: it needs "
-                               "--placement fae or gpu and no torchrun")
 
         if config.schedule == "adaptive" and not self.reader.refs("val"):
             raise TrainerError("--schedule adaptive needs validation minibatches in the layout "
@@ -182,7 +184,10 @@ class Trainer:
         self.step = self.samples = 0
         self.batches = 0  # minibatches trained, over all ranks: the decay's clock
         self._last_lr = config.lr
-        self.epoch = 0  # epoch of the last step taken, 0-based (logs and summaries say +1)
+        # 0-based: the epoch the loop is in (it moves on at an epoch's end, before that
+        # epoch-end evaluation and checkpoint), and the epoch of the last step trained,
+        # which logs and summaries report from 1.
+        self.epoch = self.step_epoch = 0
         self.queue: deque[tuple[int, list[BatchRef], str]] = deque()  # handed out, untrained
         self.seconds = {"hot": 0.0, "cold": 0.0, "eval": 0.0, "probe": 0.0}
         self.switches = 0
@@ -331,7 +336,7 @@ class Trainer:
         start = time.perf_counter()
         result = {s: self.evaluate(s) for s in ("val", "test")}
         self.seconds["eval"] += time.perf_counter() - start
-        self.last_eval = {"step": self.step, "epoch": self.epoch + 1, "why": why,
+        self.last_eval = {"step": self.step, "epoch": self.step_epoch + 1, "why": why,
                           **{k: v for k, v in result.items() if v is not None}}
         if self.is_main:
             log.info("eval %s step %d | %s", why, self.step, " | ".join(
@@ -429,6 +434,7 @@ class Trainer:
                 self._loss_sum += self.train_step(batch, kind, total)
                 self._loss_steps += 1
                 self.step += 1
+                self.step_epoch = epoch
                 self.batches += len(refs)
                 self.samples += total
                 if cfg.log_every and self.step % cfg.log_every == 0:
@@ -440,7 +446,7 @@ class Trainer:
         done = self.schedule.done and not self.queue
         if self._loss_steps:
             self._log_interval()
-        self._evaluate_all(f"epoch {self.epoch + 1} end" if done else "end")
+        self._evaluate_all(f"epoch {self.step_epoch + 1} end" if done else "end")
         if self.is_main and not all(math.isfinite(self.last_eval[s]["logloss"])
                                     for s in ("val", "test") if s in self.last_eval):
             log.warning("the model's predictions are not finite: training diverged; lower --lr")
@@ -458,7 +464,7 @@ class Trainer:
             total = max(secs, 1e-9)
             log.info("step %d | epoch %d | loss %.4f | %s samples/s | lr %.4g | hot %.0f%% "
                      "cold %.0f%% sync %.0f%% | switches %d | run %d | phase %s",
-                     self.step, self.epoch + 1, loss, f"{rate:,.0f}", self._last_lr,
+                     self.step, self.step_epoch + 1, loss, f"{rate:,.0f}", self._last_lr,
                      100 * self.seconds["hot"] / total, 100 * self.seconds["cold"] / total,
                      100 * self.placement.sync_seconds / total, self.switches,
                      self.schedule.run_length, self._phase or "-")
@@ -473,7 +479,7 @@ class Trainer:
             "layout_id": self.reader.manifest.layout_id, "placement": self.cfg.placement,
             "device": str(self.device), "optimizer": self.cfg.optimizer,
             "schedule": self.cfg.schedule, "world_size": self.world, "steps": self.step,
-            "epoch": self.epoch + 1, "samples": self.samples, "train_seconds": secs,
+            "epoch": self.step_epoch + 1, "samples": self.samples, "train_seconds": secs,
             "samples_per_s": ((self.samples - self._samples_at_start)
                               / (secs - self._seconds_at_start)
                               if secs > self._seconds_at_start else None),
@@ -501,7 +507,7 @@ class Trainer:
             "counters": {"seconds": dict(self.seconds), "switches": self.switches,
                          "sync_seconds": self.placement.sync_seconds,
                          "syncs": self.placement.copies, "last_eval": self.last_eval,
-                         "phase": self._last_phase},
+                         "phase": self._last_phase, "step_epoch": self.step_epoch},
         })
         self.last_checkpoint = str(path)
         log.info("checkpoint step %d -> %s", self.step, path)
@@ -518,6 +524,7 @@ class Trainer:
         self.optimizer.load_state_dict(c["dense_optimizer"])
         self.placement.load_tables(c["embedding"]["weight"], c["embedding"]["state"])
         self.step, self.epoch, self.samples = int(c["step"]), int(c["epoch"]), int(c["samples"])
+        self.step_epoch = self.epoch
         same = c["layout_id"] == self.reader.manifest.layout_id
         self.schedule.load_state_dict(c["schedule"], same_batches=same)
         if same:  # regrouped: the checkpoint may come from another world size
@@ -537,9 +544,9 @@ class Trainer:
             dropped = sum(len(refs) for e, refs, _ in self.queue if e >= self.cfg.epochs)
             self.queue = deque(g for g in self.queue if g[0] < self.cfg.epochs)
             if self.is_main:
-                log.warning("%s is already in epoch %d; with --epochs %d its %d pending "
-                            "minibatches of later epochs are not trained", c["path"],
-                            self.epoch + 1, self.cfg.epochs, dropped)
+                log.warning("%s: --epochs %d ends before its %d pending minibatches of "
+                            "later epochs; they are not trained", c["path"], self.cfg.epochs,
+                            dropped)
         self.batches = self.schedule.emitted - sum(len(refs) for _, refs, _ in self.queue)
         counters = c.get("counters")  # absent in checkpoints of earlier versions
         if counters:
@@ -549,9 +556,11 @@ class Trainer:
             self.placement.copies = int(counters["syncs"])
             self.last_eval = dict(counters["last_eval"])
             self._last_phase = counters["phase"]
+            self.step_epoch = int(counters.get("step_epoch", self.step_epoch))
         self._mark = (self.step, self.samples, self.train_seconds)
         if self.is_main:
-            log.info("resumed %s at step %d, epoch %d", c["path"], self.step, self.epoch + 1)
+            log.info("resumed %s at step %d, epoch %d", c["path"], self.step,
+                     self.step_epoch + 1)
 
 
 def _json_safe(obj: Any) -> Any:

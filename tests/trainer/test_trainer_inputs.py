@@ -213,9 +213,9 @@ def test_resume_with_another_model_shape_is_refused(layouts: Layouts, tmp_path: 
     with pytest.raises(CheckpointError, match="trained with --bottom-mlp 32-16, not 64-16; "
                                               "resume without --bottom-mlp"):
         Trainer(TrainConfig(layouts.criteo, resume=str(tmp_path), **other))  # type: ignore[arg-type]
-    with pytest.raises(CheckpointError, match="trained with --list-pooling mean, not sum"):
-        Trainer(TrainConfig(layouts.criteo, resume=str(tmp_path), list_pooling="sum",
-                            **CPU_TINY))  # type: ignore[arg-type]
+    # A layout without list columns pools nothing: --list-pooling does not apply to it.
+    Trainer(TrainConfig(layouts.criteo, resume=str(tmp_path), list_pooling="sum",
+                        **CPU_TINY))  # type: ignore[arg-type]
     resumed = Trainer(TrainConfig(layouts.criteo, resume=str(tmp_path), device="cpu"))
     assert resumed.model_config.bottom_mlp == (32, 16)  # the checkpoint's, not the default
     # The default typed out is a shape option given too (it used to pass unnoticed).
@@ -317,7 +317,15 @@ def test_a_layouts_folder_is_no_checkpoint_folder(layouts: Layouts, tmp_path: Pa
     assert (layouts_dir / "LATEST").read_text() == before
     with pytest.raises(CheckpointError, match="it holds a layout"):
         ckpt_io.check_folder(Path(layouts.criteo).parent)
+    with pytest.raises(CheckpointError, match="it is a storage root"):
+        ckpt_io.check_folder(layouts_dir.parent)
+    shards = Path(layouts.criteo).parent / "shards"
+    with pytest.raises(CheckpointError, match="it holds Parquet data"):
+        ckpt_io.check_folder(shards)
     ckpt_io.check_folder(tmp_path / "new")  # a new or a checkpoint folder is fine
+    (tmp_path / "other" / "child").mkdir(parents=True)  # some manifest.json further down
+    (tmp_path / "other" / "child" / "manifest.json").write_text("{}")
+    ckpt_io.check_folder(tmp_path / "other")
 
 
 def test_a_manifest_listing_a_shard_or_table_twice_is_refused(layout_copy) -> None:  # type: ignore[no-untyped-def]

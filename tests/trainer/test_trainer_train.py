@@ -80,6 +80,10 @@ def test_resume_from_an_epoch_end_checkpoint(layouts: Layouts, tmp_path: Path) -
     resumed = Trainer(config(layouts.criteo, resume=str(tmp_path / f"ckpt-{per_epoch:08d}.pt"),
                              **common))
     assert (resumed.step, resumed.epoch) == (per_epoch, 1)
+    # The epoch-end evaluation belongs to the epoch that ended (it said epoch 2).
+    assert resumed.last_eval["epoch"] == 1 and resumed.last_eval["why"] == "epoch 1 end"
+    assert Trainer(config(layouts.criteo, resume=str(tmp_path / f"ckpt-{per_epoch:08d}.pt"),
+                          **{**common, "epochs": 1})).fit()["epoch"] == 1
     resumed.fit()
     assert resumed.step == straight.step == 2 * per_epoch
     a, b = params(resumed), params(straight)
