@@ -34,6 +34,7 @@ import polars as pl
 
 from fae_data import manifest as mf
 from fae_data.errors import InputError, ManifestError, StorageError
+from fae_data.partition import read_marker
 from fae_data.shard import (
     InputPart,
     ShardGeometry,
@@ -225,9 +226,14 @@ def encode(root: str, lid: str, partition: str) -> dict[str, Any]:
     spilled = spill.read_index(index)
     status = "already done"
     if spilled is None:
-        spilled = spill_partition(spill, storage, index, part, build.inputs.columns,
-                                  _encoders(storage, build), build.hot_rows,
-                                  shard_params(build.params), build.geometry.buckets)
+        try:
+            spilled = spill_partition(spill, storage, index, part, build.inputs.columns,
+                                      _encoders(storage, build), build.hot_rows,
+                                      shard_params(build.params), build.geometry.buckets)
+        except StorageError:
+            if why := _changed_since_planned(storage, build, index):
+                raise InputError(why) from None
+            raise
         status = "encoded"
     log.info("layout %s: partition %s (%d rows) %s", lid, partition, spilled.rows, status)
     return {"layout_id": lid, "partition": partition, "rows": spilled.rows, "status": status}
@@ -315,6 +321,24 @@ def _read_plan(storage: Storage, lid: str) -> BuildPlan | None:
                            f"describe layout {lid}; remove {storage.display(*build_folder(lid))} "
                            "and rerun")
     return build
+
+
+def _changed_since_planned(storage: Storage, build: BuildPlan, index: int) -> str | None:
+    """Why input partition ``index`` can no longer be read as planned: it was ingested
+    again since (a new data file, the planned one removed), or None. A retry cannot help;
+    a new run lays out the new data."""
+    ref = build.inputs.refs[index]
+    try:
+        marker = read_marker(storage, build.params.dataset, ref.name)
+    except StorageError:  # being rewritten, or damaged: not as planned either way
+        marker = {}
+    now = (marker or {}).get("source", {}).get("sha256")
+    if now == ref.sha256 and marker and marker.get("data") == ref.path.rsplit("/", 1)[-1]:
+        return None
+    return (f"partition {ref.name!r} of dataset {build.params.dataset!r} was "
+            f"{'ingested again' if marker else 'removed'} after layout {build.layout_id} was "
+            "planned, so its planned data file is gone; this run cannot finish. Trigger the "
+            "layout again: it lays out the partitions as they are now")
 
 
 def _published(storage: Storage, lid: str) -> mf.Manifest:

@@ -419,3 +419,16 @@ def test_geometry_is_decided_by_the_total_row_count() -> None:
     lists = pa.schema([("label", pa.int8()), ("h", pa.list_(pa.uint32()))])
     assert shard.row_bytes(lists) == 1 + 20 * 4 + 4
 
+
+
+def test_a_partition_ingested_again_mid_run_is_named(root: str, tmp_path: Path) -> None:
+    """A re-ingest between plan and encode failed encode with "not a readable Parquet file
+    (No such file or directory)", retried twice to no purpose."""
+    lid = stages.prepare(root, PARAMS)["layout_id"]
+    changed = tmp_path / "day_1.tsv"
+    write_criteo(tmp_path / "raw2", rows=500, days=1, seed=11, scale=0.0005)[0].rename(changed)
+    run_ingest([str(changed)], root, IngestParams("criteo"))  # replaces partition day_1
+    with pytest.raises(InputError, match=r"partition 'day_1' of dataset 'criteo' was ingested "
+                                         r"again after layout \w+ was planned"):
+        stages.encode(root, lid, "day_1")
+    stages.encode(root, lid, "day_0")  # untouched partitions still encode
