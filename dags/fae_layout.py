@@ -112,9 +112,15 @@ def layout_dag(dag_id: str, datasets: list[str], schedule: object) -> None:
 
         @task(map_index_template="{{ partition }}", multiple_outputs=False)
         def encode(request: dict, partition: str) -> dict:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            from fae_data.errors import InputError
             from pipelines.tasks import encode_partition
 
-            return encode_partition(ROOT, request, partition)
+            try:
+                return encode_partition(ROOT, request, partition)
+            except InputError as exc:  # the partition changed since the plan: no retry helps
+                raise AirflowFailException(str(exc)) from None
 
         @task(map_index_template="{{ stream }}", multiple_outputs=False)
         def shards(request: dict, stream: str) -> dict:
