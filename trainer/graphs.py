@@ -112,7 +112,9 @@ class HotStepGraph:
         graph = torch.cuda.CUDAGraph()
         try:
             torch.cuda.synchronize()
-            with torch.cuda.graph(graph):
+            # thread_local: the prefetch thread pins host memory meanwhile, a CUDA call
+            # that would invalidate a capture in the default ("global") mode.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self._body()
         except Exception as exc:  # noqa: BLE001 - any capture failure: eager from here on
             self.failed = True
