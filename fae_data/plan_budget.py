@@ -51,6 +51,10 @@ def parse_budget(text: str | int) -> int:
     return math.floor(Fraction(match.group(1)) * _UNITS[unit])
 
 
+#: Bytes of one weight per embedding dtype (what ``--dtype`` takes).
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+
+
 def bytes_per_row(dim: int, dtype_bytes: int, optimizer_slots: int) -> int:
     """GPU bytes of one embedding row: the weights plus one copy per optimizer slot.
 

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from fae_data.errors import StorageError
 from fae_data.manifest import SPLITS, Manifest, ShardRef, type_name
+from fae_data.plan_budget import DTYPE_BYTES
 from fae_data.storage import Storage
 
 
@@ -162,10 +163,6 @@ def _row_totals(m: Manifest) -> Check:
     return Check("row totals", ok, f"shards {dict(totals)} vs stats {stated}")
 
 
-#: Bytes of one weight per ``params.dtype`` (the planner's, pipelines.inputs.DTYPE_BYTES).
-_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
-
-
 def _statistics(m: Manifest, store: Storage) -> Check:
     """The statistics a report and a trainer read, recomputed from what they derive from:
     an edited or corrupted value (a hot-input fraction of 0.9 on a layout without hot
@@ -190,7 +187,7 @@ def _statistics(m: Manifest, store: Storage) -> Check:
     bad_tables = [t.name for t in m.tables if t.dim < 1 or t.vocab_size < 1]
     if bad_tables:
         problems.append(f"tables {bad_tables[:3]} have a dim or vocab_size below 1")
-    width = _DTYPE_BYTES.get(str(m.params.get("dtype")))
+    width = DTYPE_BYTES.get(str(m.params.get("dtype")))
     slots = m.params.get("optimizer_slots")
     used = None
     if width and isinstance(slots, int) and not bad_tables:

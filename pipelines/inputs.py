@@ -28,6 +28,7 @@ from fae_data.partition import (
     read_marker,
 )
 from fae_data.plan import parse_budget
+from fae_data.plan_budget import DTYPE_BYTES
 from fae_data.shard import InputPart, LayoutColumns
 from fae_data.storage import Storage
 from fae_data.taobao import SampleParams, build_samples
@@ -35,7 +36,6 @@ from fae_data.vocab import VocabParams
 
 log = logging.getLogger(__name__)
 
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 SHARD_COMPRESSIONS = ("lz4", "none", "zstd", "snappy")
 
 Step = Callable[[str], None]

@@ -173,8 +173,8 @@ def run_layout(
                                     done, split_notes(done))
             # Like a re-ingest of a damaged partition: build it again beside the published
             # files, which stay until the new manifest replaces theirs.
-            log.warning("layout %s: %d file(s) of the published layout are missing or damaged (%s); "
-                        "rebuilding it", lid, len(missing), ", ".join(missing[:3]))
+            log.warning("layout %s: %d file(s) of the published layout are missing or "
+                        "damaged (%s); rebuilding it", lid, len(missing), ", ".join(missing[:3]))
 
         vocabs, planned = profile_layout(storage, inputs, params, step=step, progress=progress)
         hot_rows = planned.plan["hot_rows"]

@@ -74,10 +74,10 @@ def _same_layout_everywhere(ctx: dp.DistContext, layout_id: str) -> None:
     silent divergence on equal ones). Refused on every rank before the first step."""
     ids = dp.all_gather_objects(ctx, layout_id)
     if len(set(ids)) > 1:
-        raise TrainerError(
-            f"the ranks resolved different layouts ({', '.join(f'rank {r}: {i}' for r, i in enumerate(ids))}), "
-            "a layout was published while they started; pass the manifest path of one "
-            "layout instead of the root")
+        ranks = ", ".join(f"rank {r}: {i}" for r, i in enumerate(ids))
+        raise TrainerError(f"the ranks resolved different layouts ({ranks}), a layout was "
+                           "published while they started; pass the manifest path of one "
+                           "layout instead of the root")
 
 
 def _check_model_options(config: TrainConfig, saved: DLRMConfig, path: str,
