@@ -79,17 +79,19 @@ def fae_ingest() -> None:
                 exponential_backoff=False,
             )
             def wait_for_files(pattern: str, ds=None) -> PokeReturnValue:  # type: ignore[no-untyped-def]
-                from pipelines.tasks import find_landing
+                from pipelines.tasks import fail_for_good, find_landing
 
-                files = find_landing(pattern, dataset=name, ds=ds)
+                with fail_for_good():  # a malformed pattern stays malformed
+                    files = find_landing(pattern, dataset=name, ds=ds)
                 return PokeReturnValue(is_done=bool(files), xcom_value=files)
 
             @task(outlets=[ingested_asset(name)], multiple_outputs=False)
             def ingest(sources: list[str], ds=None, params=None, outlet_events=None) -> dict:  # type: ignore[no-untyped-def]
-                from pipelines.tasks import ingest_day
+                from pipelines.tasks import fail_for_good, ingest_day
 
-                record = ingest_day(sources, root=ROOT, dataset=name, kind=kind, ds=ds,
-                                    max_reject_fraction=params["max_reject_fraction"])
+                with fail_for_good():  # a file refused as a whole is refused again
+                    record = ingest_day(sources, root=ROOT, dataset=name, kind=kind, ds=ds,
+                                        max_reject_fraction=params["max_reject_fraction"])
                 outlet_events[ingested_asset(name)].extra = record
                 return record
 

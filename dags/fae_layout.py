@@ -7,7 +7,9 @@ demand: Params (UI "Trigger", ``airflow dags trigger fae_layout --conf '{...}'``
 ``POST /api/v2/dags/fae_layout/dagRuns``). Invalid Params are refused when the run is
 triggered (their JSON schema: a budget such as "abc", an unknown dataset, a wrong type);
 what a schema cannot say (end before start, no partitions in the range) fails the first
-task, ``validate``, before any work is done.
+task, ``validate``, before any work is done. A task that fails on its input (a damaged
+partition, a budget too small) fails at once; storage errors are retried
+(:mod:`pipelines.tasks_errors`).
 
 validate -> resolve -> count (mapped: one task per training partition) -> plan
 (vocabularies, hot rows) -> encode (mapped: one task per input partition, pass 1 of the
@@ -86,60 +88,62 @@ def layout_dag(dag_id: str, datasets: list[str], schedule: object) -> None:
     def fae_layout() -> None:
         @task(retries=0, multiple_outputs=False)  # a bad Param does not get better by retrying
         def validate(params=None, dag_run=None, triggering_asset_events=None) -> dict:  # type: ignore[no-untyped-def]
-            from pipelines.tasks import validate_layout
+            from pipelines.tasks import fail_for_good, validate_layout
 
             events = [e.extra for evs in (triggering_asset_events or {}).values() for e in evs]
-            return validate_layout(ROOT, dict(params), known_datasets=datasets, events=events,
-                                   explicit=list(dag_run.conf or {}))
+            with fail_for_good():
+                return validate_layout(ROOT, dict(params), known_datasets=datasets,
+                                       events=events, explicit=list(dag_run.conf or {}))
 
         @task
         def resolve(request: dict) -> list[str]:
-            from pipelines.tasks import train_partitions
+            from pipelines.tasks import fail_for_good, train_partitions
 
-            return train_partitions(ROOT, request)
+            with fail_for_good():
+                return train_partitions(ROOT, request)
 
         @task(map_index_template="{{ partition }}", multiple_outputs=False)
         def count(request: dict, partition: str) -> dict:
-            from pipelines.tasks import count_partition
+            from pipelines.tasks import count_partition, fail_for_good
 
-            return count_partition(ROOT, request, partition)
+            with fail_for_good():  # e.g. a damaged partition: ingest it again first
+                return count_partition(ROOT, request, partition)
 
         @task
         def plan(request: dict) -> list[str]:
-            from pipelines.tasks import plan_layout
+            from pipelines.tasks import fail_for_good, plan_layout
 
-            return plan_layout(ROOT, request)
+            with fail_for_good():  # e.g. a budget too small for one row
+                return plan_layout(ROOT, request)
 
         @task(map_index_template="{{ partition }}", multiple_outputs=False)
         def encode(request: dict, partition: str) -> dict:
-            from airflow.sdk.exceptions import AirflowFailException
+            from pipelines.tasks import encode_partition, fail_for_good
 
-            from fae_data.errors import InputError
-            from pipelines.tasks import encode_partition
-
-            try:
+            with fail_for_good():  # e.g. the partition changed since the plan
                 return encode_partition(ROOT, request, partition)
-            except InputError as exc:  # the partition changed since the plan: no retry helps
-                raise AirflowFailException(str(exc)) from None
 
         @task(map_index_template="{{ stream }}", multiple_outputs=False)
         def shards(request: dict, stream: str) -> dict:
-            from pipelines.tasks import cut_stream
+            from pipelines.tasks import cut_stream, fail_for_good
 
-            return cut_stream(ROOT, request, stream)
+            with fail_for_good():
+                return cut_stream(ROOT, request, stream)
 
         # none_failed: encode and shards are skipped when the layout already exists.
         @task(trigger_rule="none_failed", multiple_outputs=False)
         def publish(request: dict) -> dict:
-            from pipelines.tasks import publish_layout
+            from pipelines.tasks import fail_for_good, publish_layout
 
-            return publish_layout(ROOT, request)
+            with fail_for_good():
+                return publish_layout(ROOT, request)
 
         @task
         def report(built: dict) -> str:
-            from pipelines.tasks import layout_report
+            from pipelines.tasks import fail_for_good, layout_report
 
-            return layout_report(built["manifest"])
+            with fail_for_good():
+                return layout_report(built["manifest"])
 
         @task(outlets=[LAYOUTS], multiple_outputs=False)
         def announce(built: dict, report_path: str, outlet_events=None) -> dict:  # type: ignore[no-untyped-def]

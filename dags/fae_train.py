@@ -59,18 +59,14 @@ def fae_train() -> None:
         multiple_outputs=False,
     )
     def train(params=None, triggering_asset_events=None) -> dict:  # type: ignore[no-untyped-def]
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from pipelines.tasks import TrainerRefused, run_training
+        from pipelines.tasks import fail_for_good, run_training
 
         events = sorted((e for evs in (triggering_asset_events or {}).values() for e in evs),
                         key=lambda e: e.timestamp)  # the newest layout last
-        try:
+        with fail_for_good():  # a refused layout is refused again; a crash is retried
             return run_training(COMMAND, root=ROOT, manifest=params["manifest"],
                                 events=[e.extra for e in events],
                                 max_steps=params["max_steps"], timeout_s=TIMEOUT_S)
-        except TrainerRefused as exc:  # the same input would be refused again: no retry
-            raise AirflowFailException(str(exc)) from None
 
     train()
 

@@ -11,7 +11,8 @@ dag-processor), so it must stay cheap: the standard library at the top, the stag
 
 The adapters live in one module per DAG (:mod:`pipelines.tasks_ingest`,
 :mod:`pipelines.tasks_layout`, :mod:`pipelines.tasks_train`), the settings the DAGs read
-from the environment in :mod:`pipelines.tasks_config`; this module re-exports them, so
+from the environment in :mod:`pipelines.tasks_config`, the errors that fail a task without
+a retry in :mod:`pipelines.tasks_errors`; this module re-exports them, so
 that DAG files import every name from one place.
 """
 
@@ -48,6 +49,7 @@ from pipelines.tasks_layout import (
     train_partitions,
     validate_layout,
 )
+from pipelines.tasks_errors import PERMANENT_ERRORS, fail_for_good
 from pipelines.tasks_train import TrainerRefused, run_training, train_target
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "KINDS",
     "LAYOUT_PARAMS",
     "LAYOUT_STREAMS",
+    "PERMANENT_ERRORS",
     "DatasetConfig",
     "TrainerRefused",
     "asset_uri",
@@ -70,6 +73,7 @@ __all__ = [
     "day_partitions",
     "encode_partition",
     "env_flag",
+    "fail_for_good",
     "find_landing",
     "ingest_day",
     "landing_url",

@@ -194,6 +194,25 @@ def test_end_before_start_fails_the_first_task(dags_folder: Path, ingested: list
     assert all(set(s) == {"upstream_failed"} for s in states.values()), states
 
 
+def test_a_file_refused_as_a_whole_fails_without_retries(
+        dags_folder: Path, ingested: list[Any], landing: Path, storage_root: Path) -> None:
+    """Retrying an ingest of a file that is not of the kind meets the same file: the task
+    fails at once (retries stay for storage errors)."""
+    ds = "2024-01-09"
+    junk = landing / "criteo" / f"{ds}.tsv"
+    junk.write_text("this is not a click log\n" * 50)
+    try:
+        dag = _dag(dags_folder, "fae_ingest")
+        for t in dag.tasks:  # one immediate retry, were the failure retried
+            t.retries, t.retry_delay = 1, dt.timedelta(0)
+        dr = dag.test(logical_date=_day(ds))
+    finally:
+        junk.unlink()
+    ti = next(ti for ti in dr.get_task_instances() if ti.task_id.endswith(".ingest"))
+    assert (str(ti.state), ti.try_number) == ("failed", 1)
+    assert not (storage_root / "ingested" / "criteo" / ds).exists()
+
+
 def test_train_runs_the_trainer_as_a_process(dags_folder: Path, published: Any,
                                              storage_root: Path) -> None:
     built = _xcom(published, "publish")

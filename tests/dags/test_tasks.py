@@ -271,3 +271,17 @@ def test_a_date_range_with_missing_days_is_warned_about(root: str, caplog) -> No
     with caplog.at_level(logging.WARNING, logger="pipelines.tasks_layout"):
         tasks.validate_layout(root, {"start": DAYS[0], "end": DAYS[2]})
     assert "have no ingested partition" not in caplog.text
+
+
+def test_input_errors_fail_a_task_for_good_and_storage_errors_are_retried() -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from fae_data.errors import StorageError
+    from pipelines.tasks import TrainerRefused, fail_for_good
+
+    for exc in (InputError("day_0.tsv: not a Criteo file"), BudgetError("1B holds no row"),
+                TrainerRefused("error: checksum mismatch")):
+        with pytest.raises(AirflowFailException, match=str(exc)), fail_for_good():
+            raise exc
+    with pytest.raises(StorageError), fail_for_good():  # a store may answer next time
+        raise StorageError("s3://bucket: connection reset")
