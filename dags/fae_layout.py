@@ -14,7 +14,8 @@ partition, a budget too small) fails at once; storage errors are retried
 validate -> resolve -> count (mapped: one task per training partition) -> plan
 (vocabularies, hot rows) -> encode (mapped: one task per input partition, pass 1 of the
 shuffle) -> shards (mapped: one task per stream, train/hot, train/cold, val/all,
-test/all; pass 2) -> publish (manifest, LATEST) -> report -> announce. The stages hand
+test/all; pass 2) -> publish (manifest, LATEST) -> report -> announce, and after
+publish, clean (abandoned builds; old layouts with ``FAE_KEEP_LAYOUTS``). The stages hand
 over through files in the layout's staging folder ``layouts/<id>/_build/`` under the
 storage root, which publish removes. Every step is keyed by content, so a rerun with the
 same inputs and Params finds the finished layout and does nothing: plan returns no
@@ -145,6 +146,15 @@ def layout_dag(dag_id: str, datasets: list[str], schedule: object) -> None:
             with fail_for_good():
                 return layout_report(built["manifest"])
 
+        # After publish, so a failed run's staging stays for its retry; never LATEST's.
+        @task(multiple_outputs=False)
+        def clean(built: dict) -> dict:
+            from pipelines.tasks import clean_layouts, fail_for_good
+
+            with fail_for_good():
+                return clean_layouts(ROOT, os.environ.get("FAE_KEEP_LAYOUTS") or None,
+                                     os.environ.get("FAE_STALE_BUILD_AFTER") or None)
+
         @task(outlets=[LAYOUTS], multiple_outputs=False)
         def announce(built: dict, report_path: str, outlet_events=None) -> dict:  # type: ignore[no-untyped-def]
             from airflow.sdk.exceptions import AirflowSkipException
@@ -166,6 +176,7 @@ def layout_dag(dag_id: str, datasets: list[str], schedule: object) -> None:
         built = publish(request)
         encoded >> cut >> built
         announce(built, report(built))
+        clean(built)
 
     fae_layout()
 

@@ -10,6 +10,7 @@ share the item table).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,12 +24,23 @@ COUNT_SCHEMA = {"table": pl.String, "value": pl.UInt32, "count": pl.UInt64}
 _U64 = 2**64
 
 
+def sample_seed(seed: int, *salt: str) -> int:
+    """The hash seed of one sample: the user's ``seed`` mixed with what is sampled (a
+    partition's checksum, the sample's purpose). Rows are drawn by hashing their position
+    in the partition, so without the salt every partition would keep the same positions
+    and two samples of one partition would be nested: the salt makes them independent."""
+    if not salt:
+        return seed
+    payload = "\0".join([str(seed), *salt]).encode()
+    return int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "little")
+
+
 def sample_mask(n: int, offset: int, rate: float, seed: int) -> pl.Series | None:
     """A seeded Bernoulli sample of ``n`` rows starting at row ``offset`` of a partition.
 
     Each row is kept with probability ``rate``; the decision hashes the row's position in
-    its partition with the seed, so it is the same on every run, machine and chunking.
-    Returns None for ``rate`` 1.0 (keep everything).
+    its partition with the seed (from :func:`sample_seed`), so it is the same on every run,
+    machine and chunking. Returns None for ``rate`` 1.0 (keep everything).
     """
     if not 0.0 < rate <= 1.0:
         raise InputError(f"sampling rate ({rate}) must be in (0, 1]")
@@ -37,17 +49,6 @@ def sample_mask(n: int, offset: int, rate: float, seed: int) -> pl.Series | None
     threshold = int(rate * (_U64 - 1))
     positions = pl.int_range(offset, offset + n, dtype=pl.UInt64, eager=True)
     return positions.hash(seed) <= threshold
-
-
-def sample_rows(frame: pl.LazyFrame, rate: float, seed: int) -> pl.LazyFrame:
-    """:func:`sample_mask` applied to a whole lazy frame (rows numbered from 0)."""
-    if not 0.0 < rate <= 1.0:
-        raise InputError(f"sampling rate ({rate}) must be in (0, 1]")
-    if rate == 1.0:
-        return frame
-    threshold = int(rate * (_U64 - 1))
-    keep = pl.int_range(pl.len(), dtype=pl.UInt64).hash(seed) <= threshold
-    return frame.filter(keep)
 
 
 def count_values(

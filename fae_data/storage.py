@@ -237,6 +237,24 @@ class Storage:
         return {posixpath.basename(e["name"].rstrip("/")): int(e.get("size") or 0)
                 for e in entries if e.get("type") != "directory"}
 
+    def usage(self, *parts: str) -> tuple[int, float | None]:
+        """Bytes of all files under ``parts`` (a file or a folder, recursively) and the
+        newest modification time among them (unix seconds; None when empty or missing):
+        how big something is and how long nobody has written to it."""
+        p = self.path(*parts)
+        try:
+            with self._reach(*parts):
+                found = self.fs.find(p, detail=True)
+        except FileNotFoundError:
+            return 0, None
+        total, newest = 0, None
+        for info in found.values():
+            total += int(info.get("size") or 0)
+            stamp = _modified(info)
+            if stamp is not None and (newest is None or stamp > newest):
+                newest = stamp
+        return total, newest
+
     def sha256(self, *parts: str) -> str:
         with self._reach(*parts):
             return file_sha256(self.fs, self.path(*parts))
@@ -314,14 +332,15 @@ class Storage:
         )
 
     @contextlib.contextmanager
-    def lock(self, *parts: str, what: str) -> Iterator[None]:
+    def lock(self, *parts: str, what: str, wait: bool = True) -> Iterator[bool]:
         """Hold an exclusive lock on the lock file ``parts`` while the block runs (local
         roots; on an object store a no-op: callers document that one writer at a time is
-        their scheduler's job). A second holder waits, after a warning naming ``what``.
-        The lock dies with its process, so a killed run leaves no stale lock; the lock
-        file must not be one that a clean-up removes while it is held."""
+        their scheduler's job). A second holder waits, after a warning naming ``what``;
+        with ``wait=False`` it does not, and the block gets False (not locked) instead of
+        True. The lock dies with its process, so a killed run leaves no stale lock; the
+        lock file must not be one that a clean-up removes while it is held."""
         if not self.is_local or fcntl is None:
-            yield
+            yield True
             return
         path = self.path(*parts)
         os.makedirs(posixpath.dirname(path), exist_ok=True)
@@ -329,10 +348,13 @@ class Storage:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                if not wait:
+                    yield False
+                    return
                 log.warning("%s is busy in another run; waiting for it to finish", what)
                 fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                yield
+                yield True
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -341,6 +363,15 @@ class Storage:
         p = self.path(*parts)
         with contextlib.suppress(FileNotFoundError), self._reach(*parts):
             self.fs.rm(p, recursive=recursive)
+
+
+def _modified(info: dict[str, Any]) -> float | None:
+    """A listing entry's modification time in unix seconds: local files and most
+    backends give ``mtime``, s3fs a ``LastModified`` datetime."""
+    stamp = info.get("mtime", info.get("LastModified"))
+    if stamp is None:
+        return None
+    return stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp)
 
 
 def file_sha256(fs: fsspec.AbstractFileSystem, path: str) -> str:

@@ -6,7 +6,7 @@ summary (``--json`` for machines). Library errors become one red line and exit c
 instead); Ctrl-C becomes one line and exit code 130.
 
 The commands live in :mod:`pipelines.cli_raw` (synth, ingest) and
-:mod:`pipelines.cli_layout` (layout, plan, report, verify), what they share in
+:mod:`pipelines.cli_layout` (layout, plan, report, verify, clean), what they share in
 :mod:`pipelines.cli_common`; this module holds the app, its entry point and ``demo``, and
 registers the commands in the order ``fae --help`` lists them.
 """
@@ -21,7 +21,7 @@ import typer
 
 from fae_data import __version__
 from pipelines.cli_common import AsJson, Debug, Quiet, _emit, _guarded, _progress, err, out
-from pipelines.cli_layout import layout, plan, report, verify
+from pipelines.cli_layout import clean, layout, plan, report, verify
 from pipelines.cli_raw import ingest, synth
 
 app = typer.Typer(
@@ -89,7 +89,7 @@ def demo(
 
 
 # Registered here, in the order ``fae --help`` lists them.
-for _command in (synth, ingest, layout, plan, report, verify, demo):
+for _command in (synth, ingest, layout, plan, report, verify, clean, demo):
     app.command()(_command)
 
 

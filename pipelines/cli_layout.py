@@ -1,4 +1,5 @@
-"""``fae layout``, ``plan``, ``report`` and ``verify``: the commands that build or read a layout.
+"""``fae layout``, ``plan``, ``report``, ``verify`` and ``clean``: the commands that build, read
+or remove layouts.
 
 The option aliases below are shared by ``layout`` and ``plan``, so the two commands take
 the same layout parameters with the same help. Registered on the app in
@@ -192,7 +193,7 @@ def plan(
     payload = {"plan": outcome.plan, "predicted_hot_input_fraction":
                outcome.predicted_hot_input_fraction, "sample_rows": outcome.sample_rows,
                "sweep": outcome.sweep, "knee_budget_bytes": outcome.knee_budget_bytes,
-               "notes": outcome.notes}
+               "sampling": outcome.sampling, "notes": outcome.notes}
 
     def human() -> None:
         p = outcome.plan
@@ -200,6 +201,13 @@ def plan(
                   f"access coverage {p['hot_access_coverage']:.1%}, predicted hot-input "
                   f"fraction {outcome.predicted_hot_input_fraction:.1%} "
                   f"(from {outcome.sample_rows:,} sampled rows)")
+        if "estimated_access_coverage" in outcome.sampling:
+            s = outcome.sampling
+            out.print(f"sampled profile (rate {s['rate']:g}): the coverage above is that of the "
+                      f"counted rows; over every training row it is estimated at "
+                      f"{s['estimated_access_coverage']:.2%} +- "
+                      f"{100 * s['coverage_stderr']:.2f} pts (the sweep's coverage is the "
+                      "counted rows' too)", highlight=False)
         if p.get("all_hot"):
             out.print("[yellow]every row of every table fits: the cold split will be empty[/]")
         if outcome.sweep:
@@ -276,3 +284,36 @@ def verify(
     )
     if not ok:
         raise typer.Exit(1)
+
+
+def clean(
+    root: Root,
+    keep: Annotated[int | None, typer.Option(
+        min=1, help="Published layouts to keep per dataset, newest first (LATEST's always "
+        "stays). Default: every published layout stays.")] = None,
+    stale_after: Annotated[str, typer.Option(
+        help="Remove an abandoned build once untouched this long (e.g. 48h, 2d).")] = "48h",
+    dry_run: Annotated[bool, typer.Option(help="Only list what would be removed.")] = False,
+    as_json: AsJson = False,
+    quiet: Quiet = False,  # accepted like every command's; clean draws no bar
+    debug: Debug = False,
+) -> None:
+    """Remove old published layouts (--keep) and abandoned builds from a storage root."""
+    from pipelines.clean import parse_age, run_clean
+
+    result = _guarded(debug, lambda: run_clean(root, keep=keep,
+                                               stale_after_s=parse_age(stale_after),
+                                               dry_run=dry_run))
+
+    def show() -> None:
+        verb = "would remove" if dry_run else "removed"
+        for r in result.removed:
+            out.print(f"{verb} {escape(r.path)} ({r.bytes / 2**20:,.1f} MiB): "
+                      f"{escape(r.reason)}", highlight=False)
+        for note in result.notes:
+            out.print(f"[yellow]note[/] {escape(note)}", highlight=False)
+        out.print(f"{verb} {len(result.removed)} folder(s), "
+                  f"{result.bytes_freed / 2**20:,.1f} MiB; kept {len(result.kept)} "
+                  "published layout(s)", highlight=False)
+
+    _emit(as_json, result.to_dict(), show)

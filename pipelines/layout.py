@@ -247,7 +247,7 @@ def build_manifest(
                             inputs.columns.sparse.get(f.name)) for f in written.schema]
     return mf.Manifest(
         layout_id=lid,
-        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
         producer={"name": "fae-data", "version": __version__},
         dataset=mf.DatasetRef(params.dataset, inputs.kind, inputs.refs),
         params=manifest_params(params, inputs.split, inputs.kind),

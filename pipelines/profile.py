@@ -25,6 +25,7 @@ from fae_data.counts import (
     is_count_frame,
     merge_tables,
     sample_mask,
+    sample_seed,
     to_frame,
 )
 from fae_data.errors import InputError, StorageError
@@ -60,6 +61,9 @@ _PLAN_SAMPLE_ROWS = 50_000
 #: A rate expected to sample fewer draws a warning; one that samples no access is refused.
 _MIN_SAMPLED_ROWS = 10_000
 _COUNT_CHUNK_ROWS = 1_000_000
+#: How sampled counts draw their rows (part of their cache key). 2: independently per
+#: partition (1 hashed positions with the seed alone: every partition kept the same ones).
+_SAMPLING_SCHEME = 2
 _PLAN_CHUNK_ROWS = 262_144
 
 
@@ -69,8 +73,18 @@ def counts_path(
     """Where the partial counts of ``part`` live: keyed by its checksum, input file, rows,
     sampling parameters and the counted columns."""
     ref = next(r for r in inputs.refs if r.name == part.name)
-    key = _key(ref.sha256, part.path, part.rows, sampling_rate, seed, dict(inputs.columns.sparse))
+    # Exact counts do not depend on the seed; sampled ones on how rows are drawn too.
+    sampling: tuple[Any, ...] = ((sampling_rate, seed, _SAMPLING_SCHEME) if sampling_rate < 1.0
+                                 else (1.0, 0))
+    key = _key(ref.sha256, part.path, part.rows, *sampling, dict(inputs.columns.sparse))
     return (COUNTS_DIR, ref.path.split("/")[1], part.name, f"counts-{key}.parquet")
+
+
+def _partition_seed(inputs: Inputs, part: InputPart, seed: int, purpose: str) -> int:
+    """The hash seed of ``purpose``'s sample of ``part``: independent across partitions
+    and purposes (see :func:`fae_data.counts.sample_seed`)."""
+    ref = next(r for r in inputs.refs if r.name == part.name)
+    return sample_seed(seed, purpose, ref.name, ref.sha256)  # the name: copies differ too
 
 
 def run_counts(
@@ -83,8 +97,9 @@ def run_counts(
     partials: list[TableCounts] = []
     offset = 0
     columns = list(inputs.columns.sparse)
+    part_seed = _partition_seed(inputs, part, seed, "count")
     for chunk in iter_frames(storage, part.path, _COUNT_CHUNK_ROWS, columns):
-        mask = sample_mask(chunk.height, offset, sampling_rate, seed)
+        mask = sample_mask(chunk.height, offset, sampling_rate, part_seed)
         offset += chunk.height
         partials.append(count_tables(chunk, inputs.columns.sparse, mask))
         if len(partials) >= 4:  # keep memory at about one vocabulary's worth of counts
@@ -161,13 +176,32 @@ def table_specs(vocabs: Vocabs, params: LayoutParams) -> list[TableSpec]:
     return [TableSpec(t, vocabs.counts[t], params.dim_of(t)) for t in vocabs.tables]
 
 
-def plan_sample(storage: Storage, inputs: Inputs, vocabs: Vocabs, seed: int) -> dict[str, np.ndarray]:
-    """Row-wise largest id per table for a seeded sample of training rows.
+@dataclass
+class PlanSample:
+    """A seeded sample of training rows, independent of the counting sample: per table the
+    largest id of every row (:attr:`maxima`), and, for the chosen hot rows, every row's
+    lookups and hot lookups (:attr:`lookups`, :attr:`hot_lookups`)."""
+
+    maxima: dict[str, np.ndarray]
+    lookups: np.ndarray
+    hot_lookups: np.ndarray
+    population: int  # the training rows it was drawn from
+
+    @property
+    def rows(self) -> int:
+        return len(self.lookups)
+
+
+def plan_sample(storage: Storage, inputs: Inputs, vocabs: Vocabs, seed: int,
+                hot_rows: Mapping[str, int]) -> PlanSample:
+    """Sample about :data:`_PLAN_SAMPLE_ROWS` training rows (all of them when fewer).
 
     A row is hot under k iff, for every table, its largest id is below k_t; the planner
-    evaluates the hot-input fraction of any budget on this sample. Partitions are read a
-    chunk at a time (on every storage), and the sample is drawn by row position, so it
-    does not depend on the chunking.
+    evaluates the hot-input fraction of any budget on this sample. Its rows are drawn
+    independently of a sampled profile's (another salt), so the access coverage of the
+    hot rows ``hot_rows`` measured on them is not flattered by the hot set having been
+    chosen on the profile's rows. Partitions are read a chunk at a time (on every
+    storage), and rows are drawn by position, so the sample does not depend on chunking.
     """
     parts = inputs.train_parts
     total = sum(p.rows for p in parts)
@@ -175,11 +209,14 @@ def plan_sample(storage: Storage, inputs: Inputs, vocabs: Vocabs, seed: int) -> 
     encoders = vocabs.encoders()
     zero_k = {t: 0 for t in vocabs.tables}
     maxima: dict[str, list[np.ndarray]] = {t: [] for t in vocabs.tables}
+    lookups: list[np.ndarray] = []
+    hot_lookups: list[np.ndarray] = []
     sparse = inputs.columns.sparse
     for part in parts:
         offset = 0
+        part_seed = _partition_seed(inputs, part, seed, "plan")
         for chunk in iter_chunks(storage, part.path, _PLAN_CHUNK_ROWS, list(sparse)):
-            keep = sample_mask(chunk.num_rows, offset, rate, seed)
+            keep = sample_mask(chunk.num_rows, offset, rate, part_seed)
             offset += chunk.num_rows
             sampled = chunk if keep is None else chunk.filter(keep.to_arrow())
             if sampled.num_rows == 0:
@@ -187,7 +224,58 @@ def plan_sample(storage: Storage, inputs: Inputs, vocabs: Vocabs, seed: int) -> 
             ids, _ = encode_ids(sampled, sparse, encoders, zero_k)
             for t, row_max in _row_maxima(ids, sparse).items():
                 maxima[t].append(row_max)
-    return {t: np.concatenate(v) if v else np.zeros(0, np.uint32) for t, v in maxima.items()}
+            n, hot = _row_lookups(ids, sparse, hot_rows)
+            lookups.append(n)
+            hot_lookups.append(hot)
+
+    def cat(arrays: list[np.ndarray], dtype: type) -> np.ndarray:
+        return np.concatenate(arrays) if arrays else np.zeros(0, dtype)
+
+    return PlanSample({t: cat(v, np.uint32) for t, v in maxima.items()},
+                      cat(lookups, np.int64), cat(hot_lookups, np.int64), total)
+
+
+def _row_lookups(ids: Mapping[str, pa.Array], sparse: Mapping[str, str],
+                 hot_rows: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's embedding lookups (a scalar column: one, id 0 included; a list: its
+    length) and how many of them hit a hot row."""
+    n = hot = None
+    for col, t in sparse.items():
+        arr = ids[col]
+        if pa.types.is_list(arr.type):
+            offs = np.asarray(arr.offsets, dtype=np.int64)
+            flat = arr.flatten().to_numpy()
+            cum = np.concatenate([[0], np.cumsum(flat < hot_rows[t])])
+            col_n, col_hot = np.diff(offs), cum[offs[1:]] - cum[offs[:-1]]
+        else:
+            col_n = np.ones(len(arr), np.int64)
+            col_hot = (arr.to_numpy(zero_copy_only=False) < hot_rows[t]).astype(np.int64)
+        n = col_n if n is None else n + col_n
+        hot = col_hot if hot is None else hot + col_hot
+    assert n is not None and hot is not None  # a layout has sparse columns
+    return n, hot
+
+
+def estimated_coverage(sample: PlanSample) -> tuple[float, float]:
+    """The hot rows' access coverage over all training rows, estimated on ``sample``, and
+    its standard error.
+
+    A ratio estimator over rows (hot lookups / lookups): rows, not lookups, are what is
+    drawn, and a row's lookups hit hot rows together, so a binomial error over lookups
+    would be several times too small. With a finite-population correction: a sample of
+    every row has no error.
+    """
+    n = sample.rows
+    total = float(sample.lookups.sum())
+    if n == 0 or total == 0:
+        return 0.0, 0.0
+    cov = float(sample.hot_lookups.sum()) / total
+    if n < 2:
+        return cov, 0.0
+    resid = sample.hot_lookups - cov * sample.lookups
+    mean = total / n
+    fpc = max(0.0, 1.0 - n / max(sample.population, n))
+    return cov, float(np.sqrt(fpc * float(resid @ resid) / (n * (n - 1))) / mean)
 
 
 def _row_maxima(ids: Mapping[str, pa.Array], sparse: Mapping[str, str]) -> dict[str, np.ndarray]:
@@ -208,12 +296,12 @@ def _row_maxima(ids: Mapping[str, pa.Array], sparse: Mapping[str, str]) -> dict[
     return per_table
 
 
-def hot_fraction(sample: Mapping[str, np.ndarray], hot_rows: Mapping[str, int]) -> float:
-    n = len(next(iter(sample.values()))) if sample else 0
-    if n == 0:
+def hot_fraction(sample: PlanSample, hot_rows: Mapping[str, int]) -> float:
+    """The share of ``sample``'s rows whose every lookup is below ``hot_rows``."""
+    if sample.rows == 0:
         return 0.0
-    hot = np.ones(n, dtype=bool)
-    for t, row_max in sample.items():
+    hot = np.ones(sample.rows, dtype=bool)
+    for t, row_max in sample.maxima.items():
         hot &= row_max < hot_rows[t]
     return float(hot.mean())
 
@@ -277,8 +365,8 @@ def run_plan(
         notes.append(why)
     for note in notes:
         log.warning("%s", note)
-    sample = plan_sample(storage, inputs, vocabs, params.seed)
-    n = len(next(iter(sample.values()))) if sample else 0
+    sample = plan_sample(storage, inputs, vocabs, params.seed, plan.hot_rows)
+    n = sample.rows
     predicted = hot_fraction(sample, plan.hot_rows)
     points: list[dict[str, Any]] = []
     knee = None
@@ -295,31 +383,36 @@ def run_plan(
             at = knee_index(xs, ys, log_x=False)
             knee = None if at is None else swept[at].budget_bytes
     return PlanOutcome(plan.to_dict(), points, knee, predicted, n,
-                       _sampling_error(storage, inputs, vocabs, params, plan), notes)
+                       _sampling_error(storage, inputs, vocabs, params, plan, sample), notes)
 
 
 def _sampling_error(
-    storage: Storage, inputs: Inputs, vocabs: Vocabs, params: LayoutParams, plan: Any
+    storage: Storage, inputs: Inputs, vocabs: Vocabs, params: LayoutParams, plan: Any,
+    sample: PlanSample,
 ) -> dict[str, Any]:
     """How far a sampled profile may be from the exact one.
 
+    The plan's ``hot_access_coverage`` is measured on the counted sample, which also chose
+    the hot set: it is optimistic. The coverage of that hot set over all training rows is
+    estimated on the plan's row sample (drawn independently), with its standard error.
     With exact counts at hand (an earlier exact run over the same partitions), the two hot
-    sets are compared value by value; otherwise the binomial standard error of the
-    sampled access coverage is given.
+    sets are also compared value by value.
     """
     if params.sampling_rate >= 1.0:
         return {"rate": 1.0, "exact": True}
     accesses = sum(int(c.sum()) for c in vocabs.counts.values())
-    cov = plan.hot_access_coverage
+    estimate, stderr = estimated_coverage(sample)
     out: dict[str, Any] = {
         "rate": params.sampling_rate,
         "exact": False,
         "sampled_accesses": accesses,
-        "coverage_stderr": float(np.sqrt(cov * (1 - cov) / max(accesses, 1))),
+        "estimated_access_coverage": estimate,
+        "coverage_stderr": stderr,
+        "estimate_rows": sample.rows,
     }
     exact_paths = []
     for part in inputs.train_parts:
-        rel = counts_path(inputs, part, 1.0, params.seed)
+        rel = counts_path(inputs, part, 1.0, 0)
         if not storage.exists(*rel):
             return out
         exact_paths.append("/".join(rel))

@@ -80,17 +80,22 @@ def missing_files(storage: Storage, manifest: mf.Manifest) -> list[str]:
     return missing
 
 
-def prune_layout(storage: Storage, manifest: mf.Manifest) -> None:
-    """Remove the shard and vocabulary folders of the layout that ``manifest`` (just
-    committed) does not name: the files it replaced, or those of a crashed rebuild."""
-    folder = mf.layout_folder(manifest.layout_id)
+def unnamed_folders(storage: Storage, manifest: mf.Manifest) -> list[str]:
+    """The shard and vocabulary folders in the layout folder of ``manifest`` that it does
+    not name: the files it replaced, or those of a crashed (or running) rebuild."""
     keep = {p.split("/")[0] for p in _layout_files(manifest)}
-    for name in storage.listdir(*folder):
-        ours = any(name == d or name.startswith(f"{d}-") for d in (SHARD_DIR, VOCAB_DIR))
-        if ours and name not in keep:
-            log.info("layout %s: removing %s, which the manifest no longer names",
-                     manifest.layout_id, name)
-            storage.remove(*folder, name, recursive=True)
+    return [name for name in storage.listdir(*mf.layout_folder(manifest.layout_id))
+            if name not in keep and any(name == d or name.startswith(f"{d}-")
+                                        for d in (SHARD_DIR, VOCAB_DIR))]
+
+
+def prune_layout(storage: Storage, manifest: mf.Manifest) -> None:
+    """Remove the :func:`unnamed_folders` of the layout that ``manifest`` (just committed)
+    names."""
+    for name in unnamed_folders(storage, manifest):
+        log.info("layout %s: removing %s, which the manifest no longer names",
+                 manifest.layout_id, name)
+        storage.remove(*mf.layout_folder(manifest.layout_id), name, recursive=True)
 
 
 @contextmanager

@@ -38,6 +38,7 @@ from pipelines.tasks_ingest import day_partitions, find_landing, ingest_day, lan
 from pipelines.tasks_layout import (
     LAYOUT_PARAMS,
     LAYOUT_STREAMS,
+    clean_layouts,
     count_partition,
     cut_stream,
     encode_partition,
@@ -68,6 +69,7 @@ __all__ = [
     "DatasetConfig",
     "TrainerRefused",
     "asset_uri",
+    "clean_layouts",
     "count_partition",
     "cut_stream",
     "day_partitions",

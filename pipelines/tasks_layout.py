@@ -264,6 +264,24 @@ def layout_report(manifest: str) -> str:
     return write_report(manifest)
 
 
+def clean_layouts(root: str, keep: str | None, stale_after: str | None) -> dict[str, Any]:
+    """Remove abandoned builds and, with ``keep`` (``FAE_KEEP_LAYOUTS``), all but that
+    many published layouts per dataset (:func:`pipelines.clean.run_clean`). Returns what
+    was removed and why."""
+    from pipelines.clean import DEFAULT_STALE_AFTER_S, parse_age, run_clean
+
+    if keep is not None and not keep.strip().isdigit():
+        raise InputError(f"FAE_KEEP_LAYOUTS={keep!r}: expected a whole number >= 1")
+    result = run_clean(root, keep=int(keep) if keep else None,
+                       stale_after_s=parse_age(stale_after) if stale_after
+                       else DEFAULT_STALE_AFTER_S)
+    for r in result.removed:
+        log.info("removed %s (%.1f MiB): %s", r.path, r.bytes / 2**20, r.reason)
+    for note in result.notes:
+        log.info("%s", note)
+    return result.to_dict()
+
+
 def layout_event(layout: Mapping[str, Any], report: str | None = None) -> dict[str, Any]:
     """The extra of the manifest Asset event: which layout, where, and what it holds."""
     keys = ("layout_id", "status", "dataset", "manifest", "shards", "hot_input_fraction")

@@ -717,8 +717,66 @@ def test_sampled_profile_keeps_every_value_and_reports_its_error(tmp_path, synth
     assert info["rate"] == 0.5 and info["exact"] is False
     assert 0.0 < info["hot_set_overlap"] <= 1.0
     assert info["exact_hot_access_coverage"] == pytest.approx(exact.stats["hot_access_coverage"])
-    assert 0.0 < info["coverage_stderr"] < 0.05
+    # 12,000 training rows: the estimate's row sample is all of them, so it is the truth.
+    truth = true_coverage(sampled, tmp_path / "r" / "layouts" / sampled.layout_id,
+                          tmp_path / "r" / "layouts" / exact.layout_id, exact)
+    assert info["estimate_rows"] == 12_000 and info["coverage_stderr"] == 0.0
+    assert info["estimated_access_coverage"] == pytest.approx(truth, abs=1e-12)
     assert exact.stats["sampling"] == {"rate": 1.0, "exact": True}
+
+
+def true_coverage(sampled: mf.Manifest, sampled_dir: Path, exact_dir: Path,
+                  exact: mf.Manifest) -> float:
+    """The access coverage over every training row of the hot rows a sampled profile
+    chose, from the exact layout's vocabularies (value -> exact count; id 0's accesses are
+    the table's accesses minus its values')."""
+    covered = total = 0
+    for st, et in zip(sampled.tables, exact.tables, strict=True):
+        ids = pq.read_table(sampled_dir / st.vocab_path).to_pydict()
+        counts = pq.read_table(exact_dir / et.vocab_path).to_pydict()
+        exact_count = dict(zip(counts["value"], counts["count"], strict=True))
+        id0 = et.accesses - sum(counts["count"])
+        covered += (id0 if st.hot_rows >= 1 else 0) + sum(
+            exact_count.get(v, 0) for v, i in zip(ids["value"], ids["id"], strict=True)
+            if i < st.hot_rows)
+        total += et.accesses
+    return covered / total
+
+
+def test_sampled_coverage_is_estimated_on_independent_rows(tmp_path):
+    """The in-sample coverage of a sampled profile flatters the hot set it chose; the
+    estimate on the plan's own row sample is within a few standard errors of the coverage
+    over every training row (a standard error over rows: lookups of a row are not
+    independent draws). Exact counts of any seed serve the comparison."""
+    files = write_criteo(tmp_path / "raw", rows=40_000, days=3, seed=3, scale=0.0005)
+    exact, exact_dir = build(tmp_path / "r", files, budget="32KiB", batch_size=512)
+    for seed in (1, 2, 3):
+        m = run_layout(str(tmp_path / "r"), LayoutParams(
+            budget="32KiB", batch_size=512, sampling_rate=0.05, seed=seed)).manifest
+        info = m.stats["sampling"]
+        truth = true_coverage(m, tmp_path / "r" / "layouts" / m.layout_id, exact_dir, exact)
+        assert info["estimate_rows"] == pytest.approx(50_000, rel=0.05)
+        assert 0.0 < info["coverage_stderr"] < 0.01
+        assert abs(info["estimated_access_coverage"] - truth) <= 4 * info["coverage_stderr"], \
+            (seed, info, truth)
+        assert "hot_set_overlap" in info  # the exact counts were found (seed 0's)
+
+
+def test_partitions_are_sampled_independently(tmp_path, synthetic_days):
+    """Two partitions holding the same rows: a sample drawn by row position alone kept
+    the same rows of both, so every sampled count came out even."""
+    for name in ("a", "b"):
+        run_ingest([str(synthetic_days[0])], str(tmp_path / "r"), IngestParams("criteo"),
+                   partitions=[f"same_{name}"])
+    run_ingest([str(synthetic_days[1])], str(tmp_path / "r"), IngestParams("criteo"),
+               partitions=["z_last"])
+    m = run_layout(str(tmp_path / "r"), LayoutParams(budget="64KiB", batch_size=128,
+                                                     sampling_rate=0.3)).manifest
+    layout_dir = tmp_path / "r" / "layouts" / m.layout_id
+    counts = [c for t in m.tables
+              for c in pq.read_table(layout_dir / t.vocab_path)["count"].to_pylist() if c]
+    odd = sum(c % 2 for c in counts) / len(counts)
+    assert 0.3 < odd < 0.7, odd
 
 
 def test_taobao_plan_below_two_rows_says_why_and_marks_no_knee_on_a_convex_curve(tmp_path):

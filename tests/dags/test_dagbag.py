@@ -104,7 +104,7 @@ def test_fae_ingest_catchup_and_datasets_from_env(
 def test_fae_layout_wiring(dagbag: Any) -> None:
     dag = dagbag.dags["fae_layout"]
     assert set(dag.task_ids) == {"validate", "resolve", "count", "plan", "encode", "shards",
-                                 "publish", "report", "announce"}
+                                 "publish", "report", "announce", "clean"}
     assert _edges(dag) == {
         ("validate", "resolve"), ("validate", "count"), ("resolve", "count"),
         ("count", "plan"), ("validate", "plan"),
@@ -112,6 +112,7 @@ def test_fae_layout_wiring(dagbag: Any) -> None:
         ("encode", "shards"), ("validate", "shards"),
         ("shards", "publish"), ("validate", "publish"),
         ("publish", "report"), ("publish", "announce"), ("report", "announce"),
+        ("publish", "clean"),
     }
     # One task instance per training partition, per input partition, per stream.
     for task_id in ("count", "encode", "shards"):
@@ -206,4 +207,4 @@ def test_several_datasets_get_a_layout_dag_each(
         assert dag.params.get_param("dataset").schema["enum"] == [name]
         assert dag.max_active_runs == 1
         assert set(dag.task_ids) == {"validate", "resolve", "count", "plan", "encode",
-                                     "shards", "publish", "report", "announce"}
+                                     "shards", "publish", "report", "announce", "clean"}
