@@ -10,8 +10,8 @@ skipped, a changed one replaces the partition) and the Asset
 scheduled on those Assets.
 
 Settings (environment, read when the file is parsed): ``FAE_STORAGE_ROOT``,
-``FAE_LANDING_URL`` (per run: the Airflow Variable ``fae_landing_url`` or the Param
-``landing_url``), ``FAE_DATASETS``, ``FAE_START_DATE`` (default 2024-01-01),
+``FAE_LANDING_URL`` (per run: the run's Param ``landing_url`` when given, else the
+Airflow Variable ``fae_landing_url`` when set), ``FAE_DATASETS``, ``FAE_START_DATE`` (default 2024-01-01),
 ``FAE_INGEST_CATCHUP`` (default false), ``FAE_LANDING_POKE_S`` (300),
 ``FAE_LANDING_TIMEOUT_S`` (86400).
 """
@@ -95,8 +95,10 @@ def fae_ingest() -> None:
                 outlet_events[ingested_asset(name)].extra = record
                 return record
 
-            # The Variable, when set, overrides the landing URL without a redeploy.
-            files = wait_for_files("{{ var.value.get('fae_landing_url', params.landing_url) }}")
+            # A run's own landing_url (conf, or the Trigger form) first; then the Variable,
+            # which moves the landing place without a redeploy; then FAE_LANDING_URL.
+            files = wait_for_files("{{ (dag_run.conf or {}).get('landing_url') or "
+                                   "var.value.get('fae_landing_url', params.landing_url) }}")
             ingest(files)
 
         one_dataset()

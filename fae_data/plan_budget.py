@@ -55,6 +55,15 @@ def parse_budget(text: str | int) -> int:
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 
+def format_bytes(n: float) -> str:
+    """A byte count for people, in the units :func:`parse_budget` reads back: ``256 KiB``,
+    ``1.5 MiB``, ``3,000 B`` (four significant digits)."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:,.4g} {unit}"
+    return f"{n:,.0f} B"
+
+
 def bytes_per_row(dim: int, dtype_bytes: int, optimizer_slots: int) -> int:
     """GPU bytes of one embedding row: the weights plus one copy per optimizer slot.
 

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from fae_data.manifest import Manifest
+from fae_data.plan_budget import format_bytes
 from fae_data.skew import TableSkew
 
 #: The lowest cumulative share an access curve's y axis shows.
@@ -146,11 +147,7 @@ def _colours(n: int) -> list[Any]:
 # --- values, shared with the page's text ---------------------------------------------
 
 
-def _bytes(n: float) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:,.4g} {unit}"
-    return f"{n:,.0f} B"
+_bytes = format_bytes
 
 
 def _num(value: Any, default: float = 0.0) -> float:

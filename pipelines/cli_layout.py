@@ -80,7 +80,8 @@ BudgetOpt = Annotated[str, typer.Option(
     help="GPU memory for hot rows: bytes or with units (256MiB, 8GB).")]
 DimOpt = Annotated[int, typer.Option(help="Embedding dimension of every table.")]
 TableDimOpt = Annotated[list[str] | None, typer.Option(
-    help="Per-table dimension TABLE=DIM (repeatable).")]
+    help="Per-table dimension TABLE=DIM (repeatable). The layout records it; fae-train's "
+    "DLRM needs one dimension for all tables and refuses such a layout.")]
 DtypeOpt = Annotated[str, typer.Option(help="Embedding dtype: float32, float16, bfloat16, float64.")]
 SlotsOpt = Annotated[int, typer.Option(
     help="Optimizer state rows per embedding row (Adagrad 1, Adam 2).")]
@@ -196,6 +197,8 @@ def plan(
                "sampling": outcome.sampling, "notes": outcome.notes}
 
     def human() -> None:
+        from fae_data.plan_budget import format_bytes
+
         p = outcome.plan
         out.print(f"budget {p['budget_bytes']:,} B: {sum(p['hot_rows'].values()):,} hot rows, "
                   f"access coverage {p['hot_access_coverage']:.1%}, predicted hot-input "
@@ -216,7 +219,8 @@ def plan(
                 table.add_column(col, justify="right")
             for pt in outcome.sweep:
                 mark = "knee" if pt["budget_bytes"] == outcome.knee_budget_bytes else ""
-                table.add_row(_bytes(pt["budget_bytes"]), f"{sum(pt['hot_rows'].values()):,}",
+                table.add_row(format_bytes(pt["budget_bytes"]),
+                              f"{sum(pt['hot_rows'].values()):,}",
                               f"{pt['hot_access_coverage']:.1%}",
                               f"{(pt['hot_input_fraction'] or 0):.1%}", mark)
             out.print(table)
@@ -226,13 +230,6 @@ def plan(
                           "marks where more memory stops paying; read the table")
 
     _emit(as_json, payload, human)
-
-
-def _bytes(n: int) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
 
 
 def report(
@@ -299,6 +296,7 @@ def clean(
     debug: Debug = False,
 ) -> None:
     """Remove old published layouts (--keep) and abandoned builds from a storage root."""
+    from fae_data.plan_budget import format_bytes
     from pipelines.clean import parse_age, run_clean
 
     result = _guarded(debug, lambda: run_clean(root, keep=keep,
@@ -308,12 +306,12 @@ def clean(
     def show() -> None:
         verb = "would remove" if dry_run else "removed"
         for r in result.removed:
-            out.print(f"{verb} {escape(r.path)} ({r.bytes / 2**20:,.1f} MiB): "
+            out.print(f"{verb} {escape(r.path)} ({format_bytes(r.bytes)}): "
                       f"{escape(r.reason)}", highlight=False)
         for note in result.notes:
             out.print(f"[yellow]note[/] {escape(note)}", highlight=False)
         out.print(f"{verb} {len(result.removed)} folder(s), "
-                  f"{result.bytes_freed / 2**20:,.1f} MiB; kept {len(result.kept)} "
+                  f"{format_bytes(result.bytes_freed)}; kept {len(result.kept)} "
                   "published layout(s)", highlight=False)
 
     _emit(as_json, result.to_dict(), show)

@@ -14,6 +14,7 @@ from fae_data.errors import FaeError
 
 from fae_data.ingest import IngestParams
 from fae_data.manifest import load
+from fae_data.plan_budget import format_bytes
 from fae_data.verify import Check, verify_layout
 from pipelines.ingest import IngestResult, run_ingest
 from pipelines.layout import LayoutParams, LayoutResult, run_layout
@@ -51,7 +52,7 @@ class DemoResult:
         all_rows = sum(t.vocab_size for t in m.tables)
         lines += [
             f"  layout: {self.layout.layout_id} ({self.layout.status}) -> {self.layout.manifest_path}",
-            f"          budget {budget / 2**20:.1f} MiB holds {hot_rows:,} of {all_rows:,} "
+            f"          budget {format_bytes(budget)} holds {hot_rows:,} of {all_rows:,} "
             f"embedding rows ({hot_rows / max(all_rows, 1):.1%})",
             f"          they take {st['hot_access_coverage']:.1%} of all lookups; "
             f"{st['hot_input_fraction']:.1%} of training rows are hot "

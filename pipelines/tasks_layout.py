@@ -1,7 +1,8 @@
 """Adapters of the layout DAG: its Params, and one function per task.
 
-The layout DAG runs the stages of ``fae layout`` as separate tasks (validate, count,
-plan, encode, cut, publish, report) so that the heavy ones fan out over workers; these
+The layout DAG runs the stages of ``fae layout`` as separate tasks (validate, resolve,
+count, plan, encode, shards, publish, report, announce, clean) so that the heavy ones fan
+out over workers; these
 functions translate the run's Params into :class:`pipelines.layout.LayoutParams` and call
 :mod:`pipelines.layout` and :mod:`pipelines.layout_stages`.
 """

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from typing import Any
 from fae_data.errors import InputError
 
 log = logging.getLogger(__name__)
+_REFUSAL = re.compile(r"^(?:[\w.-]+: )?error: ")
 
 
 class TrainerRefused(RuntimeError):
@@ -132,7 +134,9 @@ def run_training(
         raise RuntimeError(f"trainer ran past {timeout_s} s and was killed: "
                            f"{shlex.join(argv)}\n{tail}")
     if code != 0:
-        refused = code in (1, 2) and any(line.startswith("error: ") for line in lines[-20:])
+        # "error: ..." is the trainer's refusal of its input, "fae-train: error: ..." a usage
+        # error of FAE_TRAIN_COMMAND: a retry meets either again.
+        refused = code in (1, 2) and any(_REFUSAL.match(line) for line in lines[-20:])
         raise (TrainerRefused if refused else RuntimeError)(
             f"trainer exited with code {code}: {shlex.join(argv)}\n{tail}")
     return {"target": target, "exit_code": code, "summary": _last_json(lines)}

@@ -56,8 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="learning-rate decay after warmup, to 0 at --decay-steps")
     ap.add_argument("--decay-steps", type=int, default=None,
                     help="default: epochs x steps per epoch")
-    ap.add_argument("--epochs", type=int, default=d.epochs)
-    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="passes over the training minibatches (default: 1, or as many as "
+                    "--max-steps needs)")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="stop after N steps (default: at the end of the last epoch)")
     ap.add_argument("--eval-every", type=int, default=d.eval_every,
                     help="evaluate val/test every N steps (0: at epoch ends only)")
     ap.add_argument("--eval-batches", type=int, default=None,
@@ -97,7 +100,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("--quiet", "-q", action="store_true", help="only warnings and the summary")
     ap.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    _show_defaults(ap)
     return ap.parse_args(argv)
+
+
+def _show_defaults(ap: argparse.ArgumentParser) -> None:
+    """Say every option's default in --help, as ``fae`` does (argparse's own formatter
+    skips options without help text and repeats defaults a help already explains)."""
+    for action in ap._actions:
+        if not action.option_strings or action.default is None or action.default is False \
+                or action.default == argparse.SUPPRESS:
+            continue
+        if "default" not in (action.help or ""):
+            action.help = (f"{action.help} (default: %(default)s)" if action.help
+                           else "default: %(default)s")
 
 
 def config_from_args(ns: argparse.Namespace) -> TrainConfig:

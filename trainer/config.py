@@ -27,7 +27,7 @@ class TrainConfig:
     warmup_steps: int = 0
     decay: str = "none"  # after warmup: none | linear | cosine (to 0 at decay_steps)
     decay_steps: int | None = None  # default: epochs x steps per epoch
-    epochs: int = 1
+    epochs: int | None = None  # None: 1, or with max_steps as many as it needs
     max_steps: int | None = None
     eval_every: int = 0  # 0: evaluate at epoch ends only
     eval_batches: int | None = None  # cap on val/test minibatches per evaluation
@@ -64,7 +64,7 @@ class TrainConfig:
              f"adapt_tolerance ({self.adapt_tolerance}) must be finite and >= 0"),
             *((value is None or value >= 1, f"{name} ({value}) must be >= 1") for name, value in (
                 ("eval_batches", self.eval_batches), ("decay_steps", self.decay_steps))),
-            (self.epochs >= 1, f"epochs ({self.epochs}) must be >= 1"),
+            (self.epochs is None or self.epochs >= 1, f"epochs ({self.epochs}) must be >= 1"),
             (self.max_steps is None or self.max_steps >= 0,
              f"max_steps ({self.max_steps}) must be >= 0"),
             *((value >= 0, f"{name} ({value}) must be >= 0") for name, value in (

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -113,6 +114,9 @@ class Trainer:
         resume = ckpt_io.load(config.resume) if config.resume else None
         self.reader = LayoutReader(config.target)
         m = self.reader.manifest
+        if config.epochs is None:  # --max-steps alone trains that many steps
+            config = self.cfg = replace(config, epochs=_epochs_for(
+                config.max_steps, len(self.reader.refs("train")), self.world))
         if ctx is not None:
             _same_layout_everywhere(ctx, m.layout_id)
         self.fingerprint = ckpt_io.vocab_fingerprint(self.reader)
@@ -561,6 +565,15 @@ class Trainer:
         if self.is_main:
             log.info("resumed %s at step %d, epoch %d", c["path"], self.step,
                      self.step_epoch + 1)
+
+
+def _epochs_for(max_steps: int | None, train_batches: int, world: int) -> int:
+    """Epochs that hold ``max_steps`` steps (1 without it). A step takes up to one
+    minibatch per rank, so an epoch has at least ceil(batches / world) steps: enough."""
+    per_epoch = math.ceil(train_batches / world)
+    if not max_steps or per_epoch == 0:
+        return 1
+    return max(1, math.ceil(max_steps / per_epoch))
 
 
 def _json_safe(obj: Any) -> Any:

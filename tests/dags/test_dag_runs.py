@@ -8,7 +8,9 @@ Reruns must do nothing: same partitions, same layout, no new manifest Asset even
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +194,27 @@ def test_end_before_start_fails_the_first_task(dags_folder: Path, ingested: list
     assert states.pop("validate") == ["failed"]
     # (shards, mapped over the fixed streams, has one instance per stream)
     assert all(set(s) == {"upstream_failed"} for s in states.values()), states
+
+
+def test_a_runs_landing_url_comes_before_the_variable(
+        dags_folder: Path, ingested: list[Any], tmp_path: Path, storage_root: Path) -> None:
+    """Reprocessing a day from another place: the run's landing_url wins over the Airflow
+    Variable (which wins over FAE_LANDING_URL)."""
+    from airflow.models import Variable
+
+    ds = "2024-01-05"
+    write_criteo(tmp_path, rows=500, days=1, scale=0.001, seed=5)
+    Variable.set("fae_landing_url", str(tmp_path / "nowhere" / "{ds}.tsv"))
+    try:
+        dr = _dag(dags_folder, "fae_ingest").test(
+            logical_date=_day(ds), run_conf={"landing_url": str(tmp_path / "day_0.tsv")})
+        assert str(dr.state) == "success", _states(dr)
+        marker = storage_root / "ingested" / "criteo" / ds / "_partition.json"
+        assert json.loads(marker.read_text())["rows_ok"] == 500
+    finally:
+        Variable.delete("fae_landing_url")
+        shutil.rmtree(storage_root / "ingested" / "criteo" / ds, ignore_errors=True)
+        shutil.rmtree(storage_root / "counts" / "criteo" / ds, ignore_errors=True)
 
 
 def test_a_file_refused_as_a_whole_fails_without_retries(

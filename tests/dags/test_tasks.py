@@ -138,6 +138,10 @@ def test_train_target_and_command(tmp_path: Path) -> None:
     with pytest.raises(tasks.TrainerRefused, match="exited with code 1(.|\n)*error: bad"):
         tasks.run_training(f"{sys.executable} -c \"print('error: bad layout'); "
                            "raise SystemExit(1)\"", root="/r")
+    # Nor is a usage error of FAE_TRAIN_COMMAND (argparse: "prog: error: ...", exit 2).
+    with pytest.raises(tasks.TrainerRefused, match="invalid choice"):
+        tasks.run_training(f"{sys.executable} -m trainer.cli {{manifest}} --placement nope",
+                           root="/r", manifest="/r/manifest.json")
     with pytest.raises(RuntimeError) as traceback:  # an uncaught exception also exits 1
         tasks.run_training(f"{sys.executable} -c \"raise ValueError('x')\"", root="/r")
     assert not isinstance(traceback.value, tasks.TrainerRefused)

@@ -48,6 +48,19 @@ def test_model_learns(layouts: Layouts) -> None:
     assert summary["epoch"] == 8
 
 
+def test_max_steps_alone_trains_that_many_steps(layouts: Layouts) -> None:
+    """--max-steps without --epochs runs as many epochs as it needs (it used to stop at
+    the end of the first: `fae demo` announced 100 steps and trained 11); --epochs given
+    still bounds it."""
+    trainer = Trainer(config(layouts.criteo, max_steps=25, eval_batches=1))
+    assert trainer.cfg.epochs == 3  # 11 training minibatches an epoch
+    summary = trainer.fit()
+    assert summary["steps"] == 25 and summary["epoch"] == 3
+    bounded = Trainer(config(layouts.criteo, max_steps=25, epochs=1, eval_batches=1)).fit()
+    assert bounded["steps"] == 11
+    assert Trainer(config(layouts.criteo)).cfg.epochs == 1
+
+
 @pytest.mark.parametrize("optimizer,schedule", [("sgd", "fixed"), ("adagrad", "adaptive")])
 def test_resume_equals_uninterrupted(layouts: Layouts, tmp_path: Path, optimizer: str,
                                      schedule: str) -> None:
