@@ -211,10 +211,30 @@ def _entry(cls: type[_T], raw: Any) -> _T:
     return cls(**{k: v for k, v in raw.items() if k in known})
 
 
+#: The integer fields of the entries: a string or float there would fail deep in a reader.
+_COUNTS = {
+    TableRef: ("vocab_size", "hot_rows", "dim", "accesses"),
+    ShardRef: ("rows", "batches", "bytes", "last_batch_rows"),
+    PartitionRef: ("rows",),
+}
+
+
+def _check_counts(m: Manifest, where: str) -> None:
+    entries = [*m.tables, *m.shards, *m.dataset.partitions]
+    for e in entries:
+        for name in _COUNTS[type(e)]:
+            value = getattr(e, name)
+            if type(value) is not int or value < 0:
+                label = getattr(e, "name", None) or getattr(e, "path", "?")
+                raise ManifestError(f"{where}: {type(e).__name__} {label}: {name} must be a "
+                                    f"non-negative integer, found {value!r}")
+
+
 def _check(m: Manifest, where: str) -> None:
     batch = m.params.get("batch_size")
     if not isinstance(batch, int) or batch < 1:
         raise ManifestError(f"{where}: params.batch_size must be a positive integer, found {batch!r}")
+    _check_counts(m, where)
     for t in m.tables:
         safe_relpath(t.vocab_path, f"{where}: table {t.name}")
         if not 0 <= t.hot_rows <= t.vocab_size:

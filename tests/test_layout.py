@@ -1002,3 +1002,22 @@ def test_statistics_of_a_layout_without_per_table_accesses_pass(tmp_path, synthe
     path.write_text(json.dumps(d))
     checks = {c.name: c for c in verify_layout(*mf.load(str(layout_dir)), deep=False)}
     assert checks["statistics"].ok, checks["statistics"].detail
+
+
+def test_manifest_counts_of_the_wrong_type_are_refused() -> None:
+    """A string or float where a count belongs failed deep in the trainer (a TypeError
+    while building its own error message)."""
+    m = mf.Manifest(
+        layout_id="0" * 16, created_at="2026-01-01T00:00:00+00:00", producer={},
+        dataset=mf.DatasetRef("d", "criteo", (mf.PartitionRef("p", "x", 4, "0" * 64),)),
+        params={"batch_size": 2}, tables=(mf.TableRef("C1", 3, 1, 16, "vocab/C1.parquet"),),
+        stats={}, shards=(mf.ShardRef("shards/a.parquet", "train", "hot", 4, 2, 10, "0", 2),),
+        columns=(mf.ColumnRef("C1", "uint32", "sparse", "C1"),))
+    mf.from_dict(m.to_dict())
+    for where, key, value in (("tables", "vocab_size", "abc"), ("tables", "dim", "16"),
+                              ("shards", "batches", "x"), ("shards", "rows", 4.0)):
+        d = m.to_dict()
+        d[where][0][key] = value
+        with pytest.raises(ManifestError, match=f"{key} must be a non-negative integer, "
+                           f"found {value!r}"):
+            mf.from_dict(d)

@@ -118,14 +118,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def check_folder(folder: str | os.PathLike[str]) -> None:
+def check_folder(folder: str | os.PathLike[str], resumed: str | None = None) -> None:
     """Create ``folder`` and write a probe file there, so that an unusable checkpoint
     folder is refused before the first step, not after a whole epoch of training; refuse
     a layout folder or a storage root's ``layouts/``, whose ``LATEST`` a checkpoint
-    would overwrite (the root then named a checkpoint as its newest layout)."""
+    would overwrite (the root then named a checkpoint as its newest layout), and a folder
+    holding the checkpoints of another run: one not ``resumed`` (the checkpoint file this
+    run continues) from there, whose ``LATEST`` the new run would move back."""
     out = Path(folder)
     if problem := _not_for_checkpoints(out):
         raise CheckpointError(f"--checkpoint {folder}: {problem}; give a folder of its own")
+    if (out / LATEST).is_file() and (resumed is None or Path(resumed).parent.resolve()
+                                     != out.resolve()):
+        raise CheckpointError(
+            f"--checkpoint {folder}: holds the checkpoints of another run (LATEST: "
+            f"{(out / LATEST).read_text().strip()[:40]}); continue it with --resume {folder}, "
+            "or give a folder of its own")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f"{_TMP}{os.getpid()}-probe"
@@ -195,14 +203,39 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{p}: an incomplete {FORMAT} checkpoint, without "
                               f"{', '.join(missing)}; resume from another checkpoint")
+    wrong = _malformed(data)
+    if wrong:
+        raise CheckpointError(f"{p}: a damaged {FORMAT} checkpoint ({wrong}); resume from "
+                              "another checkpoint")
     data["path"] = str(p)
     return data
 
 
+def _malformed(data: dict[str, Any]) -> str | None:
+    """What in a checkpoint's plain fields has the wrong type or range, or None. (Tensors
+    and the optimizer state are checked as they are put in place.)"""
+    for key in ("step", "epoch", "samples"):
+        if type(data[key]) is not int or data[key] < 0:
+            return f"{key} {data[key]!r} is not a count"
+    for key in ("config", "model_config", "schedule"):
+        if not isinstance(data.get(key), dict):
+            return f"{key} is a {type(data.get(key)).__name__}, not a mapping"
+    vocab = data["vocab"]
+    if not isinstance(vocab, dict) or not isinstance(vocab.get("digest"), str):
+        return "its vocabulary fingerprint has no digest"
+    if not isinstance(data["layout_id"], str):
+        return "its layout_id is not text"
+    return None
+
+
 def _unpickler_reason(exc: Exception) -> str:
     """The one line of torch's weights_only refusal that names the object (its message is
-    a page of advice, part of which is to load without weights_only)."""
-    for line in str(exc).splitlines():
+    a page of advice, part of which is to load without weights_only: never repeated)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
         if "WeightsUnpickler error:" in line:
             return line.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0]
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    for line in lines:  # torch 2.6+: "Trying to load unsupported GLOBAL posix.system ..."
+        if "unsupported GLOBAL" in line or "Unsupported global" in line:
+            return line.split(" whose module")[0].split(". ")[0]
+    return "an object torch's weights_only loader does not allow"

@@ -43,9 +43,10 @@ def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
 
 def accuracy(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> float:
     y = np.asarray(labels).astype(bool).ravel()
-    if y.size == 0:
+    p = np.asarray(probs).ravel()
+    if y.size == 0 or not np.isfinite(p).all():  # a diverged model has no accuracy
         return float("nan")
-    return float(((np.asarray(probs).ravel() > threshold) == y).mean())
+    return float(((p > threshold) == y).mean())
 
 
 def summarize(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:

@@ -198,19 +198,44 @@ class HotColdSchedule:
             "batches": [len(self.hot), len(self.cold)],
         }
 
-    def load_state_dict(self, state: dict[str, Any], same_batches: bool = True) -> None:
+    def load_state_dict(self, state: dict[str, Any], same_batches: bool = True,
+                        restart_epoch: int | None = None) -> None:
         """Continue where ``state`` stopped; with ``same_batches=False`` (another layout of
-        the same vocabulary) keep the epoch and the run length but restart the epoch."""
+        the same vocabulary) keep the epoch and the run length but restart the epoch, with
+        the count of minibatches handed out (the learning-rate decay's clock) at the
+        epoch's start in this layout's minibatches. ``restart_epoch``: the epoch to
+        restart (default: the state's; minibatches handed out but not trained may have
+        taken the state into the next epoch).
+
+        Raises:
+            ValueError: ``state`` holds positions this schedule cannot have reached (the
+                trainer names the checkpoint).
+        """
         self.epoch = int(state["epoch"])
         self.emitted = int(state["emitted"])
-        if self.config.mode == "adaptive":  # a fixed run length follows today's option
-            self.run_length = int(state["run_length"])
+        saved_mode = (state.get("config") or {}).get("mode", self.config.mode)
+        if self.config.mode == "adaptive" and saved_mode == "adaptive":
+            self.run_length = int(state["run_length"])  # else: start at 1, or today's option
         self.reference = state["reference"]
         self.last_probe = int(state["last_probe"])
+        if self.epoch < 0 or not 0 <= self.last_probe <= self.emitted:
+            raise ValueError(f"schedule state out of range (epoch {self.epoch}, "
+                                  f"{self.emitted} minibatches, last probe {self.last_probe})")
         self._new_epoch()
         if same_batches and list(state["batches"]) == [len(self.hot), len(self.cold)]:
-            self._hot_pos, self._cold_pos = int(state["hot_pos"]), int(state["cold_pos"])
-            self._round = [(str(k), int(i)) for k, i in state["round"]]
+            hot_pos, cold_pos = int(state["hot_pos"]), int(state["cold_pos"])
+            round_ = [(str(k), int(i)) for k, i in state["round"]]
+            bounds = {"hot": len(self.hot), "cold": len(self.cold)}
+            if not (0 <= hot_pos <= len(self.hot) and 0 <= cold_pos <= len(self.cold)) or any(
+                    k not in bounds or not 0 <= i < bounds[k] for k, i in round_):
+                raise ValueError(
+                    f"schedule positions out of range (hot {hot_pos} of {len(self.hot)}, "
+                    f"cold {cold_pos} of {len(self.cold)}, round {round_[:3]})")
+            self._hot_pos, self._cold_pos, self._round = hot_pos, cold_pos, round_
         else:
+            if restart_epoch is not None and restart_epoch != self.epoch:
+                self.epoch = restart_epoch
+                self._new_epoch()
             self._hot_pos = self._cold_pos = 0
             self._round = []
+            self.emitted = self.last_probe = self.epoch * self.batches_per_epoch

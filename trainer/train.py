@@ -16,6 +16,7 @@ import math
 import time
 from collections import deque
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -174,7 +175,11 @@ class Trainer:
                                f"(layout {m.layout_id} has none): its held-out loss decides "
                                "the switching rate")
         if config.checkpoint and self.is_main:
-            ckpt_io.check_folder(config.checkpoint)
+            ckpt_io.check_folder(config.checkpoint, resume["path"] if resume else None)
+        elif resume is not None and self.is_main:
+            log.warning("resuming %s without --checkpoint: this run saves no checkpoints "
+                        "(pass --checkpoint %s to continue that folder)", resume["path"],
+                        Path(resume["path"]).parent)
 
         # -- schedule and counters -------------------------------------------------------
         hot = self.reader.refs("train", "hot")
@@ -204,7 +209,14 @@ class Trainer:
         self._loss_steps = 0
         self._mark = (0, 0, 0.0)  # step, samples, train seconds at the last log line
         if resume is not None:
-            self._restore(resume)
+            try:
+                self._restore(resume)
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError,
+                    RuntimeError) as exc:  # a forged or damaged field: not a traceback
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                raise CheckpointError(
+                    f"{resume['path']}: a damaged checkpoint ({type(exc).__name__}: {first}); "
+                    "resume from another checkpoint") from None
         # The summary's rate counts this process's samples and seconds.
         self._samples_at_start, self._seconds_at_start = self.samples, self.train_seconds
 
@@ -530,10 +542,18 @@ class Trainer:
         self.step, self.epoch, self.samples = int(c["step"]), int(c["epoch"]), int(c["samples"])
         self.step_epoch = self.epoch
         same = c["layout_id"] == self.reader.manifest.layout_id
-        self.schedule.load_state_dict(c["schedule"], same_batches=same)
+        # On another layout the epoch restarts: the one of the first untrained minibatch.
+        pending_epochs = [int(e) for e, _, _ in c["pending"]]
+        self.schedule.load_state_dict(c["schedule"], same_batches=same,
+                                      restart_epoch=min(pending_epochs, default=None))
         if same:  # regrouped: the checkpoint may come from another world size
+            train = set(self.reader.refs("train"))
             for e, refs, k in c["pending"]:
                 for s, g in refs:
+                    if BatchRef(int(s), int(g)) not in train or k not in ("hot", "cold"):
+                        raise CheckpointError(f"{c['path']}: its pending minibatch (shard {s}, "
+                                              f"row group {g}, {k}) is not one of this "
+                                              "layout's training minibatches")
                     last = self.queue[-1] if self.queue else None
                     if last and last[0] == int(e) and last[2] == k and len(last[1]) < self.world:
                         last[1].append(BatchRef(int(s), int(g)))

@@ -346,3 +346,61 @@ def test_a_shard_damaged_after_the_start_is_one_error(layout_copy) -> None:  # t
     first_shard(manifest).write_bytes(b"not parquet any more")
     with pytest.raises(TrainerError, match=r"row group 0: unreadable .*run `fae verify`"):
         reader.read(BatchRef(0, 0))
+
+
+class _Payload:
+    """What a malicious checkpoint would hold: loading it must never run this."""
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        import os
+
+        return (os.system, ("echo pwned",))
+
+
+def test_forged_checkpoint_fields_are_one_error(layouts: Layouts, tmp_path: Path) -> None:
+    """A checkpoint in the right format with fields of the wrong type or range ended in
+    AttributeError, ZeroDivisionError or an IndexError in the prefetch thread; one
+    pointing the schedule past the epoch silently skipped minibatches."""
+    import torch
+
+    from trainer import checkpoint as ckpt_io
+
+    Trainer(TrainConfig(layouts.criteo, max_steps=2, log_every=0, eval_batches=1,
+                        checkpoint=str(tmp_path / "ck"), **CPU_TINY)).fit()  # type: ignore[arg-type]
+    good = ckpt_io.load(tmp_path / "ck")
+    del good["path"]
+    forgeries = {
+        "step": lambda c: c.update(step=-5),
+        "config": lambda c: c.update(config=["x"]),
+        "vocab": lambda c: c.update(vocab="abc"),
+        "hot_pos": lambda c: c["schedule"].update(hot_pos=10**6),
+        "round": lambda c: c["schedule"].update(round=[["hot", 999]]),
+        "pending": lambda c: c.update(pending=[[0, [[99, 0]], "hot"]]),
+        "optimizer": lambda c: c.update(dense_optimizer={}),
+        "counters": lambda c: c["counters"].update(seconds=3),
+    }
+    for name, forge in forgeries.items():
+        c = {**good, "schedule": dict(good["schedule"]), "counters": dict(good["counters"])}
+        forge(c)
+        torch.save(c, tmp_path / f"{name}.pt")
+        with pytest.raises(CheckpointError, match=rf"{name}\.pt: "):
+            Trainer(TrainConfig(layouts.criteo, resume=str(tmp_path / f"{name}.pt"),
+                                log_every=0, **CPU_TINY))  # type: ignore[arg-type]
+    torch.save({**good, "extra": _Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError) as info:
+        ckpt_io.load(tmp_path / "evil.pt")
+    message = str(info.value)  # the object is named; torch's advice is not repeated
+    assert "system" in message and "weights_only=False" not in message, message
+
+
+def test_a_fresh_run_does_not_overwrite_another_runs_checkpoints(
+        layouts: Layouts, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    ck = tmp_path / "ck"
+    Trainer(TrainConfig(layouts.criteo, max_steps=2, log_every=0, eval_batches=1,
+                        checkpoint=str(ck), **CPU_TINY)).fit()  # type: ignore[arg-type]
+    with pytest.raises(CheckpointError, match="holds the checkpoints of another run"):
+        Trainer(TrainConfig(layouts.criteo, checkpoint=str(ck), **CPU_TINY))  # type: ignore[arg-type]
+    # Continuing it is fine; resuming without --checkpoint says that nothing is saved.
+    Trainer(TrainConfig(layouts.criteo, checkpoint=str(ck), resume=str(ck), **CPU_TINY))  # type: ignore[arg-type]
+    Trainer(TrainConfig(layouts.criteo, resume=str(ck), **CPU_TINY))  # type: ignore[arg-type]
+    assert any("saves no checkpoints" in r.getMessage() for r in caplog.records)

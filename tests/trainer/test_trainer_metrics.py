@@ -51,3 +51,5 @@ def test_logloss_and_accuracy() -> None:
     assert accuracy(y, p) == 0.5
     assert summarize(y, p)["samples"] == 4
     assert np.isfinite(log_loss(np.array([1.0]), np.array([0.0])))  # clipped
+    # A diverged model (nan probabilities) has no accuracy: it was the negatives' share.
+    assert np.isnan(accuracy(y, np.array([np.nan, 0.2, 0.4, 0.6])))

@@ -124,6 +124,29 @@ def test_resume_on_other_hot_rows(layouts: Layouts, tmp_path: Path) -> None:
     assert summary["steps"] == 9 and summary["layout_id"] != first.reader.manifest.layout_id
 
 
+def test_resume_on_another_layout_restarts_the_decay_clock(layouts: Layouts,
+                                                           tmp_path: Path) -> None:
+    """The epoch restarts over the new layout's minibatches, and so does the decay's count
+    of them: it kept the abandoned part of the epoch, in the old layout's minibatches, and
+    could leave the rest of the run at lr 0."""
+    common = {"epochs": 2, "decay": "linear", "eval_batches": 1}
+    first = Trainer(config(layouts.criteo, max_steps=8, checkpoint=str(tmp_path), **common))
+    first.fit()
+    other = Trainer(config(layouts.criteo_other_budget, resume=str(tmp_path), **common))
+    per_epoch = other.schedule.batches_per_epoch
+    assert other.batches == other.schedule.emitted == 0  # epoch 1 starts again
+    assert other.lr_at(other.step, other.batches) == pytest.approx(0.1)
+    other.fit()
+    assert other.batches == 2 * per_epoch and other._last_lr > 0
+
+
+def test_a_fixed_run_resumed_adaptive_starts_adapting_at_one(layouts: Layouts,
+                                                             tmp_path: Path) -> None:
+    Trainer(config(layouts.criteo, max_steps=3, switch_every=8, checkpoint=str(tmp_path))).fit()
+    resumed = Trainer(config(layouts.criteo, resume=str(tmp_path), schedule="adaptive"))
+    assert resumed.schedule.run_length == 1
+
+
 def test_adaptive_schedule_lengthens_runs(layouts: Layouts) -> None:
     t = Trainer(config(layouts.criteo, schedule="adaptive", adapt_every=2, adapt_tolerance=1.0,
                        epochs=2, lr=0.05))
