@@ -163,8 +163,16 @@ def resolve_inputs(storage: Storage, params: LayoutParams) -> Inputs:
             "`fae ingest` first"
         )
     markers = {}
-    for n in names:
+    for n in list(names):
         marker = read_marker(storage, params.dataset, n)
+        if marker is None and not params.partitions:
+            # Uncommitted: a first ingest running now, or one that was killed. A partition
+            # without its marker does not exist yet; the rest are laid out without it.
+            log.warning("partition %r of dataset %r has no %s (an ingest running or "
+                        "interrupted): laid out without it", n, params.dataset,
+                        "_partition.json")
+            names.remove(n)
+            continue
         if marker is None:
             raise InputError(
                 f"partition {n!r} of dataset {params.dataset!r} is missing or incomplete "
@@ -179,6 +187,10 @@ def resolve_inputs(storage: Storage, params: LayoutParams) -> Inputs:
                 f"`fae ingest` on its source ({marker['source']['url']}) again to repair it"
             )
         markers[n] = marker
+    if not names:
+        raise InputError(
+            f"{storage.display(INGESTED_DIR, params.dataset)}: no committed partitions (every "
+            "folder lacks its _partition.json); run `fae ingest` first")
     kinds = {m["kind"] for m in markers.values()}
     if len(kinds) != 1:
         raise InputError(f"partitions of dataset {params.dataset!r} mix kinds {sorted(kinds)}")

@@ -91,11 +91,18 @@ def unnamed_folders(storage: Storage, manifest: mf.Manifest) -> list[str]:
 
 def prune_layout(storage: Storage, manifest: mf.Manifest) -> None:
     """Remove the :func:`unnamed_folders` of the layout that ``manifest`` (just committed)
-    names."""
+    names. Best effort: the layout is published already, so a folder that cannot be
+    removed is a warning naming it (``fae clean`` retries), not a failed run."""
+    folder = mf.layout_folder(manifest.layout_id)
     for name in unnamed_folders(storage, manifest):
         log.info("layout %s: removing %s, which the manifest no longer names",
                  manifest.layout_id, name)
-        storage.remove(*mf.layout_folder(manifest.layout_id), name, recursive=True)
+        try:
+            storage.remove(*folder, name, recursive=True)
+        except (OSError, StorageError) as exc:
+            log.warning("layout %s is published, but %s could not be removed (%s); "
+                        "`fae clean` removes it later", manifest.layout_id,
+                        storage.display(*folder, name), getattr(exc, "strerror", None) or exc)
 
 
 @contextmanager

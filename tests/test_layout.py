@@ -1021,3 +1021,42 @@ def test_manifest_counts_of_the_wrong_type_are_refused() -> None:
         with pytest.raises(ManifestError, match=f"{key} must be a non-negative integer, "
                            f"found {value!r}"):
             mf.from_dict(d)
+
+
+def test_a_partition_without_its_marker_is_left_out_unless_named(tmp_path, synthetic_days,
+                                                                  caplog):
+    """A first ingest killed (or still running) leaves a folder without _partition.json:
+    it does not exist yet, so the default layout goes on without it (it refused the whole
+    dataset); named with --partition it is still refused."""
+    run_ingest([str(f) for f in synthetic_days], str(tmp_path / "r"), IngestParams("criteo"))
+    half = tmp_path / "r" / "ingested" / "criteo" / "day_9"
+    half.mkdir()
+    (half / "data-0000.parquet").write_bytes(b"partial")
+    m = run_layout(str(tmp_path / "r"), LayoutParams(budget="64KiB", batch_size=128)).manifest
+    assert [p.name for p in m.dataset.partitions] == ["day_0", "day_1", "day_2"]
+    assert any("day_9" in r.getMessage() and "laid out without it" in r.getMessage()
+               for r in caplog.records)
+    with pytest.raises(InputError, match="'day_9' of dataset 'criteo' is missing or incomplete"):
+        run_layout(str(tmp_path / "r"), LayoutParams(budget="64KiB", batch_size=128,
+                                                     partitions=["day_2", "day_9"]))
+
+
+def test_a_folder_the_publish_cannot_remove_is_a_warning(tmp_path, synthetic_days,
+                                                          monkeypatch, caplog):
+    """--force published the rebuild, then failed the run on an undeletable old folder
+    (a bare file name in the message), leaving the other old folders too."""
+    m, layout_dir = build(tmp_path / "r", synthetic_days, budget="64KiB", batch_size=128)
+    real_remove = Storage.remove
+
+    def stuck(self, *parts, recursive=False):  # type: ignore[no-untyped-def]
+        if parts[-1] == "shards":
+            raise PermissionError(13, "Permission denied")
+        return real_remove(self, *parts, recursive=recursive)
+
+    monkeypatch.setattr(Storage, "remove", stuck)
+    again = run_layout(str(tmp_path / "r"), LayoutParams(budget="64KiB", batch_size=128),
+                       force=True)
+    assert again.status == "published" and (layout_dir / "shards").is_dir()
+    assert not (layout_dir / "vocab").exists()  # the other old folder still went
+    assert any("could not be removed" in r.getMessage() and "shards" in r.getMessage()
+               for r in caplog.records)

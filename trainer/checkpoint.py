@@ -90,7 +90,16 @@ def save(folder: str | os.PathLike[str], step: int, payload: dict[str, Any]) -> 
     final = out / f"ckpt-{step:08d}.pt"
     _remove_stale_temporaries(out)
     tmp = out / f"{_TMP}{os.getpid()}-{final.name}"
-    torch.save({"format": FORMAT, **payload}, tmp)
+    try:
+        torch.save({"format": FORMAT, **payload}, tmp)
+    except (OSError, RuntimeError) as exc:  # a full disk: torch says "unexpected pos"
+        tmp.unlink(missing_ok=True)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        previous = (out / LATEST).read_text().strip() if (out / LATEST).is_file() else None
+        raise CheckpointError(
+            f"{final}: could not be written ({first}; is the disk full?); "
+            + (f"the last checkpoint, {out / previous}, is intact" if previous
+               else "no checkpoint was saved")) from None
     os.replace(tmp, final)
     latest_tmp = out / f"{_TMP}{os.getpid()}-{LATEST}"
     latest_tmp.write_text(final.name + "\n")

@@ -404,3 +404,23 @@ def test_a_fresh_run_does_not_overwrite_another_runs_checkpoints(
     Trainer(TrainConfig(layouts.criteo, checkpoint=str(ck), resume=str(ck), **CPU_TINY))  # type: ignore[arg-type]
     Trainer(TrainConfig(layouts.criteo, resume=str(ck), **CPU_TINY))  # type: ignore[arg-type]
     assert any("saves no checkpoints" in r.getMessage() for r in caplog.records)
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_error(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A full disk ended in torch's 'unexpected pos' traceback and left the half-written
+    temporary file on the full disk."""
+    import torch
+
+    from trainer import checkpoint as ckpt_io
+
+    ckpt_io.save(tmp_path, 1, {"x": torch.zeros(2)})
+
+    def full(obj, f):  # type: ignore[no-untyped-def]
+        Path(f).write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 58560")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CheckpointError, match=r"ckpt-00000002.pt: could not be written "
+                       r"\(.*unexpected pos.*ckpt-00000001.pt, is intact"):
+        ckpt_io.save(tmp_path, 2, {"x": torch.zeros(2)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LATEST", "ckpt-00000001.pt"]
