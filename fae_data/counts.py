@@ -154,9 +154,12 @@ def _runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _frame(values: np.ndarray, counts: np.ndarray, nulls: int | None) -> pl.DataFrame:
     """A ``(value, count)`` frame in partial-file order: the null row (if any) first."""
+    # From a dict, not a list of Series: polars registers a list's element type with a
+    # functools.singledispatch on first use, which is not thread-safe, and this runs in
+    # _POOL's threads ("dictionary changed size during iteration", seen once in CI).
     if nulls is None:
-        return pl.DataFrame([pl.Series("value", values, pl.UInt32),
-                             pl.Series("count", counts, pl.UInt64)])
+        return pl.DataFrame({"value": pl.Series("value", values, pl.UInt32),
+                             "count": pl.Series("count", counts, pl.UInt64)})
     # One allocation each, the null slot set in place: cheaper than concatenating frames.
     with_null = np.empty(values.size + 1, dtype=np.uint32)
     with_null[1:] = values
@@ -164,8 +167,8 @@ def _frame(values: np.ndarray, counts: np.ndarray, nulls: int | None) -> pl.Data
     all_counts = np.empty(counts.size + 1, dtype=np.uint64)
     all_counts[1:] = counts
     all_counts[0] = nulls
-    return pl.DataFrame([pl.Series("value", with_null, pl.UInt32).scatter(0, None),
-                         pl.Series("count", all_counts, pl.UInt64)])
+    return pl.DataFrame({"value": pl.Series("value", with_null, pl.UInt32).scatter(0, None),
+                         "count": pl.Series("count", all_counts, pl.UInt64)})
 
 
 def _sum(parts: list[pl.DataFrame]) -> pl.DataFrame:
