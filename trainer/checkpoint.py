@@ -143,6 +143,8 @@ def check_folder(folder: str | os.PathLike[str], resumed: str | None = None) -> 
             f"--checkpoint {folder}: holds the checkpoints of another run (LATEST: "
             f"{(out / LATEST).read_text().strip()[:40]}); continue it with --resume {folder}, "
             "or give a folder of its own")
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"--checkpoint {folder}: is a file, not a folder; give a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f"{_TMP}{os.getpid()}-probe"

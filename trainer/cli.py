@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from fae_data.errors import FaeError, os_error_message
 from trainer import distributed as dp
 from trainer.checkpoint import LATEST
 from trainer.embedding import SPARSE_OPTIMIZERS
+from trainer.errors import TrainerError
 from trainer.model import LIST_POOLINGS
 from trainer.placement import MODES
 from trainer.schedule import MODES as SCHEDULES
@@ -117,8 +119,15 @@ def _show_defaults(ap: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(ns: argparse.Namespace) -> TrainConfig:
+    """The run's config; a refused value is named by its flag (``--switch-every``), not by
+    the config field (``switch_every``) the library's message uses."""
     keys = {f for f in TrainConfig.__dataclass_fields__}
-    return TrainConfig(**{k: v for k, v in vars(ns).items() if k in keys})
+    try:
+        return TrainConfig(**{k: v for k, v in vars(ns).items() if k in keys})
+    except TrainerError as exc:
+        message = re.sub(r"\b(" + "|".join(sorted(keys, key=len, reverse=True)) + r")\b",
+                         lambda m: "--" + m[1].replace("_", "-"), str(exc), count=1)
+        raise TrainerError(message) from None
 
 
 def _human(s: dict[str, Any]) -> str:
@@ -132,9 +141,9 @@ def _human(s: dict[str, Any]) -> str:
                 f"acc {shown['accuracy']}")
 
     sec = s["seconds"]
-    rate = s["samples_per_s"] or 0.0
+    rate = "-" if s["samples_per_s"] is None else f"{s['samples_per_s']:,.0f}"
     return (f"trained {s['steps']} steps ({s['samples']:,} samples) on layout {s['layout_id']}, "
-            f"placement {s['placement']} on {s['device']}: {rate:,.0f} samples/s "
+            f"placement {s['placement']} on {s['device']}: {rate} samples/s "
             f"(hot {sec['hot']:.1f}s, cold {sec['cold']:.1f}s, sync {sec['sync']:.2f}s, "
             f"{s['switches']} switches)\n{metrics('val')}\n{metrics('test')}"
             + (f"\ncheckpoint {s['checkpoint']}" if s["checkpoint"] else ""))

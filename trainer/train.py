@@ -431,6 +431,13 @@ class Trainer:
                 if self.rank < len(refs):
                     pre.submit(refs[self.rank])
             self._resume_timer()
+            if (self.schedule.done and not self.queue
+                    or cfg.max_steps is not None and self.step >= cfg.max_steps) \
+                    and self.is_main:
+                log.warning("nothing left to train: the run is at step %d, epoch %d of %d%s; "
+                            "raise --epochs or --max-steps to train on", self.step,
+                            self.step_epoch + 1, cfg.epochs,
+                            "" if cfg.max_steps is None else f", --max-steps {cfg.max_steps}")
             while cfg.max_steps is None or self.step < cfg.max_steps:
                 self._fill(pre)
                 if not self.queue:

@@ -424,3 +424,21 @@ def test_a_checkpoint_that_cannot_be_written_is_one_error(tmp_path: Path, monkey
                        r"\(.*unexpected pos.*ckpt-00000001.pt, is intact"):
         ckpt_io.save(tmp_path, 2, {"x": torch.zeros(2)})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["LATEST", "ckpt-00000001.pt"]
+
+
+def test_a_resume_with_nothing_left_says_so(layouts: Layouts, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    ck = tmp_path / "ck"
+    Trainer(TrainConfig(layouts.criteo, epochs=1, log_every=0, eval_batches=1,
+                        checkpoint=str(ck), **CPU_TINY)).fit()  # type: ignore[arg-type]
+    summary = Trainer(TrainConfig(layouts.criteo, epochs=1, log_every=0, eval_batches=1,
+                                  resume=str(ck), **CPU_TINY)).fit()  # type: ignore[arg-type]
+    assert summary["steps"] == 11 and summary["samples_per_s"] is None
+    assert any("nothing left to train" in r.getMessage() for r in caplog.records)
+
+
+def test_option_errors_name_the_flag(layouts: Layouts, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main([layouts.criteo, "--switch-every", "0"]) == 1
+    assert "error: --switch-every (0) must be >= 1" in capsys.readouterr().err
+    (tmp_path / "f").write_text("x")
+    assert main([layouts.criteo, "--checkpoint", str(tmp_path / "f")]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
