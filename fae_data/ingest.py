@@ -295,9 +295,14 @@ def _write_partition(
                                f"{rows_ok} + {rows_rejected})")
         _check_reject_fraction(source, rows_in, rows_rejected, reasons, params,
                                "Nothing was written for this partition.")
-    except BaseException:
+    except BaseException as exc:
         storage.remove(*folder, data_name)
         storage.remove(*folder, rejects_name)
+        if isinstance(exc, OSError) and exc.filename is None:
+            # Writes fail at a flush or close (a full disk), where the error names no file.
+            raise StorageError(f"{storage.display(*folder)}: cannot write partition "
+                               f"{partition!r} of {source} ({exc.strerror or exc}); nothing "
+                               "was written for it") from None
         raise
     return {
         "dataset": dataset,

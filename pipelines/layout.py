@@ -182,10 +182,17 @@ def run_layout(
         if done is None:
             storage.remove(*folder, recursive=True)  # leftovers of an unpublished run
         shard_dir, vocab_dir = build_dirs(published=done is not None)
-        written = write_shards(storage, folder, inputs.parts, inputs.columns,
-                               vocabs.encoders(), hot_rows, shard_params(params),
-                               spill_dir=spill_dir, progress=progress, shard_dir=shard_dir)
-        tables = write_vocabs(storage, folder, vocabs, hot_rows, params, vocab_dir)
+        try:
+            written = write_shards(storage, folder, inputs.parts, inputs.columns,
+                                   vocabs.encoders(), hot_rows, shard_params(params),
+                                   spill_dir=spill_dir, progress=progress, shard_dir=shard_dir)
+            tables = write_vocabs(storage, folder, vocabs, hot_rows, params, vocab_dir)
+        except Exception:
+            # A failed write (most often a full disk) frees what it wrote at once, rather
+            # than at the next build of this layout; a published layout's files stay.
+            _discard(storage, folder if done is None else
+                     [(*folder, shard_dir), (*folder, vocab_dir)])
+            raise
         if fail_after_shards:  # test hook: a crash between shards and publish
             raise StorageError("injected failure after writing shards")
 
@@ -196,6 +203,17 @@ def run_layout(
     for note in notes:
         log.warning("%s", note)
     return LayoutResult(lid, "published", path, manifest, [*planned.notes, *notes])
+
+
+def _discard(storage: Storage, targets: tuple[str, ...] | list[tuple[str, ...]]) -> None:
+    """Remove a failed build's folders, best effort: the build's own error is the one to
+    report."""
+    for target in targets if isinstance(targets, list) else [targets]:
+        try:
+            storage.remove(*target, recursive=True)
+        except (OSError, StorageError) as exc:
+            log.warning("could not remove %s after the failed build (%s); `fae clean` "
+                        "removes it later", storage.display(*target), exc)
 
 
 def split_notes(manifest: mf.Manifest) -> list[str]:

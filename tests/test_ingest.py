@@ -1100,3 +1100,21 @@ def test_the_marker_records_the_absolute_source(shared_data: Path, tmp_path: Pat
         mem.rm("/fae-tests-url", recursive=True)
     assert load(tmp_path / "root", partition="m")[0]["source"]["url"] == \
         "memory://fae-tests-url/day.tsv"
+
+
+def test_a_full_disk_names_the_partition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails at a flush (a full disk) raised an OSError without a file name:
+    the CLI printed 'error: No space left on device' alone."""
+    from fae_data.synth import write_criteo
+
+    src = write_criteo(tmp_path / "raw", rows=500, days=1, scale=0.001, seed=0)[0]
+
+    def full(self, table, row_group_size=None):  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", full)
+    with pytest.raises(StorageError, match=r"ingested/criteo/day_0: cannot write partition "
+                       r"'day_0' of .*day_0.tsv \(No space left on device\)"):
+        ingest_source(str(src), Storage(str(tmp_path / "root")), "criteo", "day_0",
+                      IngestParams("criteo"))
+    assert not list((tmp_path / "root" / "ingested" / "criteo" / "day_0").glob("*.parquet"))

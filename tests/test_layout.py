@@ -1060,3 +1060,20 @@ def test_a_folder_the_publish_cannot_remove_is_a_warning(tmp_path, synthetic_day
     assert not (layout_dir / "vocab").exists()  # the other old folder still went
     assert any("could not be removed" in r.getMessage() and "shards" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_failed_first_build_frees_its_files_at_once(tmp_path, synthetic_days, monkeypatch):
+    """A build that failed writing (a full disk) left its partial shards until the next
+    build of the same layout, keeping the disk full for everything else on the root."""
+    from fae_data import cutter
+
+    m1, _ = build(tmp_path / "r", synthetic_days, budget="64KiB", batch_size=128)
+
+    def broken(self, rows):  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cutter._Cutter, "_write", broken)
+    with pytest.raises(OSError, match="No space left"):
+        run_layout(str(tmp_path / "r"), LayoutParams(budget="32KiB", batch_size=128))
+    assert sorted(p.name for p in (tmp_path / "r" / "layouts").iterdir()
+                  if not p.name.startswith(".")) == sorted(["LATEST", m1.layout_id])
