@@ -182,3 +182,26 @@ def test_staged_layout_on_s3_matches_the_in_process_one(s3: fsspec.AbstractFileS
     assert s3.exists(f"{BUCKET}/fae/layouts/{lid}/{rebuilt}")
     assert _latest(s3) == lid
     assert all(c.ok for c in verify_layout(*mf.load(ROOT)))
+
+
+def test_clean_on_s3(s3: fsspec.AbstractFileSystem) -> None:
+    """Object stores list no folders and date files by LastModified: an abandoned build
+    is found by its newest object, old layouts go, LATEST's stays readable."""
+    import time
+
+    from pipelines.clean import run_clean
+
+    s3.pipe(f"{BUCKET}/fae/layouts/0123456789abcdef/shards/train-hot-00000.parquet", b"x" * 10)
+    s3.invalidate_cache()
+    latest = _latest(s3)
+    fresh = run_clean(ROOT, keep=1)
+    assert fresh.removed == [] or all(r.layout_id != latest for r in fresh.removed)
+    assert any("0123456789abcdef" in n and "running build" in n for n in fresh.notes)
+    later = run_clean(ROOT, keep=1, now=time.time() + 3 * 86400)  # everything is stale now
+    removed = {r.layout_id for r in [*fresh.removed, *later.removed]}
+    assert "0123456789abcdef" in removed and latest not in removed
+    s3.invalidate_cache()
+    assert not s3.exists(f"{BUCKET}/fae/layouts/0123456789abcdef")
+    names = [os.path.basename(p) for p in s3.ls(f"{BUCKET}/fae/layouts", detail=False)]
+    assert sorted(n for n in names if n != "LATEST") == [latest]
+    assert all(c.ok for c in verify_layout(*mf.load(ROOT)))
