@@ -74,13 +74,17 @@ def _newer_latest(root: str, event: Mapping[str, Any]) -> str | None:
 def run_training(
     command: str, *, root: str, manifest: str | None = None,
     events: Sequence[Mapping[str, Any]] = (), max_steps: int = 1000, timeout_s: float | None = None,
+    run_id: str = "manual",
 ) -> dict[str, Any]:
     """Run the trainer as its own process and wait for it.
 
     ``command`` is a template (``FAE_TRAIN_COMMAND``) with ``{python}``, ``{manifest}``,
-    ``{root}`` and ``{max_steps}``; it is split like a shell line *before* filling in, so
-    paths with spaces stay one argument, and no shell is involved. The child's output is
-    logged line by line; its last JSON line, if any, is the summary returned.
+    ``{root}``, ``{max_steps}`` and ``{run_id}`` (the Airflow run, made safe for a file
+    name: the same in every attempt of a run, so ``--checkpoint DIR/{run_id} --resume
+    DIR/{run_id}`` lets a retry continue where the failed attempt stopped); it is split
+    like a shell line *before* filling in, so paths with spaces stay one argument, and no
+    shell is involved. The child's output is logged line by line; its last JSON line, if
+    any, is the summary returned.
 
     Raises:
         RuntimeError: the trainer exited non-zero (the message holds its last lines) or
@@ -90,12 +94,12 @@ def run_training(
     log.info("training on %s (manifest param %r, %d layout event(s))", target, manifest,
              len(events))
     values = {"python": sys.executable, "manifest": target, "root": root,
-              "max_steps": str(max_steps)}
+              "max_steps": str(max_steps), "run_id": re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)}
     try:
         argv = [tok.format(**values) for tok in shlex.split(command)]
     except (KeyError, IndexError, ValueError) as exc:
         raise InputError(f"train command {command!r}: {exc!r}; the placeholders are "
-                         "{python}, {manifest}, {root} and {max_steps}") from None
+                         "{python}, {manifest}, {root}, {max_steps} and {run_id}") from None
     log.info("starting trainer: %s", shlex.join(argv))
     # A session of its own, so that killing it also ends what it started (torchrun ranks).
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -178,6 +178,17 @@ def _not_for_checkpoints(out: Path) -> str | None:
     return None
 
 
+def nothing_saved_yet(resume: str | None, checkpoint: str | None) -> bool:
+    """``--resume DIR --checkpoint DIR`` where DIR holds no checkpoint yet: "continue this
+    run's folder", so the first attempt starts the run and a retry resumes it (a resume
+    from any other missing place stays an error)."""
+    if not resume or not checkpoint:
+        return False
+    r, c = Path(resume), Path(checkpoint)
+    return (r.resolve() == c.resolve() and not (r / LATEST).is_file()
+            and (not r.exists() or r.is_dir()))
+
+
 def resolve(path: str | os.PathLike[str]) -> Path:
     """A checkpoint file, or the one ``LATEST`` names in a checkpoint folder."""
     p = Path(path)

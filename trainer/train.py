@@ -112,6 +112,9 @@ class Trainer:
             raise TrainerError("--cuda-graphs records the hot steps of one process: not "
                                "under torchrun")
         # Everything that can refuse the run does so here, before the first step.
+        if ckpt_io.nothing_saved_yet(config.resume, config.checkpoint):
+            log.info("%s holds no checkpoint yet: starting the run there", config.resume)
+            config = self.cfg = replace(config, resume=None)
         resume = ckpt_io.load(config.resume) if config.resume else None
         self.reader = LayoutReader(config.target)
         m = self.reader.manifest

@@ -157,7 +157,7 @@ def test_env_example_values_are_usable(env_example: dict[str, str]) -> None:
     assert env_example["AIRFLOW_EXECUTOR"] == "LocalExecutor"
     assert tasks.env_flag(env_example["FAE_INGEST_CATCHUP"]) is False
     placeholders = set(re.findall(r"\{(\w+)\}", env_example["FAE_TRAIN_COMMAND"]))
-    assert placeholders <= {"python", "manifest", "root", "max_steps"}
+    assert placeholders <= {"python", "manifest", "root", "max_steps", "run_id"}
 
 
 def test_image_pins_are_exact_and_disjoint() -> None:

@@ -128,6 +128,9 @@ def test_train_target_and_command(tmp_path: Path) -> None:
     out = tasks.run_training(f"{{python}} {script} {{manifest}} --max-steps {{max_steps}}",
                              root="/r", manifest="/a path/manifest.json", max_steps=7)
     assert out["summary"] == {"argv": ["/a path/manifest.json", "--max-steps", "7"]}
+    out = tasks.run_training(f"{{python}} {script} /ckpt/{{run_id}}", root="/r",
+                             run_id="manual__2026-01-01T00:00:00+00:00")
+    assert out["summary"] == {"argv": ["/ckpt/manual__2026-01-01T00_00_00_00_00"]}
     with pytest.raises(InputError, match="placeholders are"):
         tasks.run_training("{python} {nope}", root="/r")
     with pytest.raises(RuntimeError, match="exited with code 3(.|\n)*boom") as crash:

@@ -442,3 +442,21 @@ def test_option_errors_name_the_flag(layouts: Layouts, tmp_path: Path, capsys) -
     (tmp_path / "f").write_text("x")
     assert main([layouts.criteo, "--checkpoint", str(tmp_path / "f")]) == 1
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_resume_and_checkpoint_on_one_empty_folder_start_then_continue(
+        layouts: Layouts, tmp_path: Path) -> None:
+    """What a retried Airflow attempt runs: the same command starts the run in an empty
+    folder and, after a crash, continues it; a resume from any other missing place is
+    still an error."""
+    ck = str(tmp_path / "run-1")
+    first = Trainer(TrainConfig(layouts.criteo, max_steps=3, log_every=0, eval_every=3,
+                                eval_batches=1, checkpoint=ck, resume=ck, **CPU_TINY))  # type: ignore[arg-type]
+    assert first.step == 0 and first.cfg.resume is None
+    first.fit()
+    again = Trainer(TrainConfig(layouts.criteo, max_steps=5, log_every=0, eval_batches=1,
+                                checkpoint=ck, resume=ck, **CPU_TINY))  # type: ignore[arg-type]
+    assert again.step == 3
+    with pytest.raises(CheckpointError, match="empty: no such checkpoint file"):
+        Trainer(TrainConfig(layouts.criteo, resume=str(tmp_path / "empty"),
+                            checkpoint=str(tmp_path / "other"), **CPU_TINY))  # type: ignore[arg-type]
