@@ -17,17 +17,24 @@ removes, from ``ROOT/layouts/``:
 
 A published layout is removed manifest first, so a concurrent reader finds an unfinished
 layout (refused with a clear message), never one with files missing. On a local root each
-layout's build lock is taken without waiting: a layout being built is skipped. Nothing
-else under the root is touched: ingested partitions, counts, ``LATEST`` and folders that
-do not look like a layout stay.
+layout's build lock is taken without waiting: a layout being built is skipped, and
+``LATEST`` is read again under the lock (a rerun may have pointed it back meanwhile).
+Nothing else under the root is touched: ingested partitions, counts, ``LATEST``, folders
+that do not look like a layout, and links (their files belong to another place) stay.
+``LATEST`` is one per root: with several datasets, only the last one published or asked
+for is protected beyond ``keep``. A LATEST that names no published layout refuses the
+clean. A dry run writes nothing (no lock files either), so it cannot see running builds.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from fae_data import manifest as mf
@@ -92,11 +99,15 @@ def run_clean(
     storage = Storage(root)
     now = time.time() if now is None else now
     result = CleanResult(dry_run=dry_run)
-    latest = mf.latest(storage)  # a malformed LATEST refuses: what it protects is unknown
+    latest = _latest(storage)
     published: dict[str, list[mf.Manifest]] = {}
     for name in storage.listdir(mf.LAYOUTS_DIR):
         if name.startswith(".") or name == mf.LATEST or \
                 not storage.fs.isdir(storage.path(mf.LAYOUTS_DIR, name)):
+            continue
+        if _is_link(storage, mf.LAYOUTS_DIR, name):  # its files belong to another place
+            result.notes.append(f"{storage.display(mf.LAYOUTS_DIR, name)} is a link; left "
+                                "alone")
             continue
         if storage.exists(mf.LAYOUTS_DIR, name, mf.MANIFEST):
             manifest = _manifest(storage, name, result)
@@ -106,7 +117,13 @@ def run_clean(
             _clean_build(storage, name, None, (), "unfinished build", stale_after_s, now,
                          result)
     for dataset, manifests in sorted(published.items()):
-        manifests.sort(key=lambda m: (m.created_at, m.layout_id), reverse=True)
+        undated = [m for m in manifests if _created(m) is None]
+        for m in undated:
+            result.notes.append(f"layout {m.layout_id}: created_at {m.created_at!r} is not a "
+                                "time; kept")
+        manifests = sorted((m for m in manifests if m not in undated),
+                           key=lambda m: (_created(m), m.layout_id), reverse=True)
+        result.kept += [m.layout_id for m in undated]
         for rank, manifest in enumerate(manifests):
             lid = manifest.layout_id
             if keep is None or rank < keep or lid == latest:
@@ -118,6 +135,30 @@ def run_clean(
                 _remove_layout(storage, manifest, f"older than the {keep} newest of "
                                f"dataset {dataset}", result)
     return result
+
+
+def _latest(storage: Storage) -> str | None:
+    """The layout LATEST names; refuse a LATEST that names no published layout, since
+    what it was meant to protect is then unknown."""
+    latest = mf.latest(storage)  # malformed: ManifestError
+    if latest is not None and not storage.exists(mf.LAYOUTS_DIR, latest, mf.MANIFEST):
+        raise InputError(f"{storage.display(mf.LAYOUTS_DIR, mf.LATEST)} names {latest!r}, "
+                         "which is no published layout: point it at one (`fae layout` with "
+                         "that layout's parameters rewrites it) before cleaning")
+    return latest
+
+
+def _created(m: mf.Manifest) -> dt.datetime | None:
+    """``created_at`` as an aware time (older writers: seconds, newer: milliseconds)."""
+    try:
+        stamp = dt.datetime.fromisoformat(m.created_at)
+    except ValueError:
+        return None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.timezone.utc)
+
+
+def _is_link(storage: Storage, *parts: str) -> bool:
+    return storage.is_local and os.path.islink(storage.path(*parts))
 
 
 def _manifest(storage: Storage, name: str, result: CleanResult) -> mf.Manifest | None:
@@ -146,6 +187,9 @@ def _clean_build(storage: Storage, lid: str, dataset: str | None, parts: Sequenc
     targets = [(mf.LAYOUTS_DIR, lid, p) for p in parts] if parts else [(mf.LAYOUTS_DIR, lid)]
     stale = []
     for target in targets:
+        if _is_link(storage, *target):
+            result.notes.append(f"{storage.display(*target)} is a link; left alone")
+            continue
         size, newest = storage.usage(*target)
         if newest is None and not storage.exists(*target):
             continue
@@ -157,7 +201,7 @@ def _clean_build(storage: Storage, lid: str, dataset: str | None, parts: Sequenc
         stale.append((target, size))
     if not stale:
         return
-    with storage.lock(mf.LAYOUTS_DIR, f".{lid}.lock", what=f"layout {lid}", wait=False) as ok:
+    with _build_lock(storage, lid, result.dry_run) as ok:
         if not ok:
             result.notes.append(f"layout {lid} is being built; its files were left alone")
             return
@@ -168,14 +212,29 @@ def _clean_build(storage: Storage, lid: str, dataset: str | None, parts: Sequenc
                 storage.remove(*target, recursive=True)
 
 
+@contextmanager
+def _build_lock(storage: Storage, lid: str, dry_run: bool) -> Iterator[bool]:
+    """The build lock of ``lid`` without waiting (False: a build holds it); a dry run
+    writes nothing, not even a lock file, and cannot tell (True)."""
+    if dry_run:
+        yield True
+        return
+    with storage.lock(mf.LAYOUTS_DIR, f".{lid}.lock", what=f"layout {lid}", wait=False) as ok:
+        yield ok
+
+
 def _remove_layout(storage: Storage, manifest: mf.Manifest, reason: str,
                    result: CleanResult) -> None:
     lid = manifest.layout_id
     folder = mf.layout_folder(lid)
-    with storage.lock(mf.LAYOUTS_DIR, f".{lid}.lock", what=f"layout {lid}", wait=False) as ok:
+    with _build_lock(storage, lid, result.dry_run) as ok:
         if not ok:
             result.kept.append(lid)
             result.notes.append(f"layout {lid} is being rebuilt; kept")
+            return
+        if mf.latest(storage) == lid:  # a rerun of its parameters pointed LATEST back
+            result.kept.append(lid)
+            result.notes.append(f"layout {lid} became LATEST meanwhile; kept")
             return
         size, _ = storage.usage(*folder)
         result.removed.append(Removal(storage.display(*folder), lid, manifest.dataset.name,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -150,6 +150,24 @@ def layout_columns(kind: str) -> LayoutColumns:
     raise InputError(f"layouts of kind {kind!r} are not supported")
 
 
+def newest_uncommitted(storage: Storage, dataset: str, names: Sequence[str]
+                       ) -> tuple[list[str], list[str]]:
+    """Split ``names`` (in partition order) into those to lay out and the newest ones
+    without ``_partition.json``: days being ingested now, or whose first ingest was
+    killed. They do not exist yet, and leaving them out lays out what was there before
+    they arrived (the same split). A partition without its marker *before* a committed
+    one is not left out: that is damage, and the layout refuses it with the remedy."""
+    names = list(names)
+    trailing: list[str] = []
+    while names and read_marker(storage, dataset, names[-1]) is None:
+        trailing.insert(0, names.pop())
+    for n in trailing:
+        log.warning("partition %r of dataset %r has no _partition.json yet (an ingest "
+                    "running now, or a first ingest that was interrupted): laid out without "
+                    "it; rerun `fae ingest` on its source or remove the folder", n, dataset)
+    return names, trailing
+
+
 def resolve_inputs(storage: Storage, params: LayoutParams) -> Inputs:
     """Find the committed partitions and decide the train/val/test split."""
     names = list(params.partitions) or storage.listdir(INGESTED_DIR, params.dataset)
@@ -162,17 +180,11 @@ def resolve_inputs(storage: Storage, params: LayoutParams) -> Inputs:
             f"{storage.display(INGESTED_DIR, params.dataset)}: no ingested partitions; run "
             "`fae ingest` first"
         )
+    if not params.partitions:
+        names, _ = newest_uncommitted(storage, params.dataset, names)
     markers = {}
-    for n in list(names):
+    for n in names:
         marker = read_marker(storage, params.dataset, n)
-        if marker is None and not params.partitions:
-            # Uncommitted: a first ingest running now, or one that was killed. A partition
-            # without its marker does not exist yet; the rest are laid out without it.
-            log.warning("partition %r of dataset %r has no %s (an ingest running or "
-                        "interrupted): laid out without it", n, params.dataset,
-                        "_partition.json")
-            names.remove(n)
-            continue
         if marker is None:
             raise InputError(
                 f"partition {n!r} of dataset {params.dataset!r} is missing or incomplete "

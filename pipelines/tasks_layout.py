@@ -94,6 +94,8 @@ def validate_layout(
     """
     from fae_data.partition import INGESTED_DIR
     from fae_data.storage import Storage
+    from fae_data.partition import name_order
+    from pipelines.inputs import newest_uncommitted
     from pipelines.layout import compute_layout_id, existing_layout, resolve_inputs
     from pipelines.publish import missing_files
 
@@ -129,6 +131,13 @@ def validate_layout(
                 + (f" between {start or '...'} and {end or '...'} (partitions are named by "
                    f"day; found: {', '.join(every[:10]) or 'none'})" if start or end else
                    "; run fae_ingest (or `fae ingest`) first"))
+        # Days being ingested now (no _partition.json yet) are not pinned: the run lays
+        # out what is committed, as `fae layout` does.
+        names, _ = newest_uncommitted(storage, request["dataset"],
+                                      sorted(names, key=lambda n: (name_order(n), n)))
+        if not names:
+            raise InputError(f"{storage.display(INGESTED_DIR, request['dataset'])}: no "
+                             "committed partitions yet (ingests running or interrupted)")
         if start and end and (gaps := _missing_days(names, start, end)):
             log.warning("%d day(s) from %s to %s have no ingested partition of dataset %s "
                         "(%s%s); the layout covers the %d partition(s) found", len(gaps),

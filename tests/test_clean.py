@@ -170,3 +170,29 @@ def test_cli(root: Path, built: tuple[Path, list[str]]) -> None:
     assert out["bytes_freed"] > 0 and out["dry_run"] is False
     res = runner.invoke(app, ["clean", "--root", str(root), "--stale-after", "soon"])
     assert res.exit_code == 1 and "error: age 'soon' not understood" in res.output
+
+
+def test_links_bad_latest_and_undated_layouts(root: Path, built: tuple[Path, list[str]],
+                                              tmp_path: Path) -> None:
+    """A linked layout's files belong elsewhere (clean removed the target's manifest through
+    the link, then crashed on it); a LATEST naming no layout protects nothing known; a
+    manifest without a readable created_at cannot be ranked; a dry run writes nothing."""
+    ids = built[1]
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(str(root / "layouts" / ids[0]), elsewhere)
+    (root / "layouts" / ids[0]).symlink_to(elsewhere, target_is_directory=True)
+    manifest = root / "layouts" / ids[1] / mf.MANIFEST
+    d = json.loads(manifest.read_text())
+    d["created_at"] = None
+    manifest.write_text(json.dumps(d))
+    for lock in (root / "layouts").glob(".*.lock"):
+        lock.unlink()
+    dry = run_clean(str(root), keep=1, dry_run=True)
+    assert dry.removed == [] and not list((root / "layouts").glob(".*.lock"))
+    result = run_clean(str(root), keep=1)
+    assert result.removed == [] and (elsewhere / mf.MANIFEST).is_file()
+    assert any("is a link" in n for n in result.notes)
+    assert any(ids[1] in n and "not a time" in n for n in result.notes)
+    (root / "layouts" / "LATEST").write_text("0123456789abcdef\n")
+    with pytest.raises(InputError, match="names '0123456789abcdef', which is no published"):
+        run_clean(str(root), keep=1)

@@ -1026,8 +1026,8 @@ def test_manifest_counts_of_the_wrong_type_are_refused() -> None:
 def test_a_partition_without_its_marker_is_left_out_unless_named(tmp_path, synthetic_days,
                                                                   caplog):
     """A first ingest killed (or still running) leaves a folder without _partition.json:
-    it does not exist yet, so the default layout goes on without it (it refused the whole
-    dataset); named with --partition it is still refused."""
+    the newest day does not exist yet, so the default layout goes on without it (it
+    refused the whole dataset); named with --partition it is still refused."""
     run_ingest([str(f) for f in synthetic_days], str(tmp_path / "r"), IngestParams("criteo"))
     half = tmp_path / "r" / "ingested" / "criteo" / "day_9"
     half.mkdir()
@@ -1039,6 +1039,13 @@ def test_a_partition_without_its_marker_is_left_out_unless_named(tmp_path, synth
     with pytest.raises(InputError, match="'day_9' of dataset 'criteo' is missing or incomplete"):
         run_layout(str(tmp_path / "r"), LayoutParams(budget="64KiB", batch_size=128,
                                                      partitions=["day_2", "day_9"]))
+    # Before a committed partition it is damage, not a day in flight: refused, since
+    # leaving it out would silently change the split.
+    (tmp_path / "r" / "ingested" / "criteo" / "day_9" / "data-0000.parquet").unlink()
+    (tmp_path / "r" / "ingested" / "criteo" / "day_9").rmdir()
+    (tmp_path / "r" / "ingested" / "criteo" / "day_1" / "_partition.json").unlink()
+    with pytest.raises(InputError, match="'day_1' of dataset 'criteo' is missing or incomplete"):
+        run_layout(str(tmp_path / "r"), LayoutParams(budget="64KiB", batch_size=128))
 
 
 def test_a_folder_the_publish_cannot_remove_is_a_warning(tmp_path, synthetic_days,

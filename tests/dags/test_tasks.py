@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -87,6 +88,14 @@ def test_validate_pins_partitions_and_reports_existing(root: str) -> None:
     assert tasks.train_partitions(root, req) == list(DAYS[:2])
     ranged = tasks.validate_layout(root, {"start": DAYS[1]})
     assert ranged["partitions"] == list(DAYS[1:])
+    # A day being ingested now (no _partition.json yet) is not pinned: it failed the run.
+    inflight = Path(root) / "ingested" / "criteo" / "2024-01-09"
+    inflight.mkdir()
+    try:
+        (inflight / "data-0.parquet").write_bytes(b"partial")
+        assert tasks.validate_layout(root, {"budget": "1KiB"})["partitions"] == list(DAYS)
+    finally:
+        shutil.rmtree(inflight)
 
 
 @pytest.mark.parametrize("conf, error, message", [
