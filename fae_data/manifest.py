@@ -22,6 +22,7 @@ This module is imported by the trainer: it depends on the standard library and f
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import posixpath
@@ -270,6 +271,16 @@ def _refuse_repeats(items: list[str], what: str) -> None:
         if item in seen:
             raise ManifestError(f"{what} {item} is listed more than once")
         seen.add(item)
+
+
+def created_time(m: Manifest) -> dt.datetime | None:
+    """``created_at`` as an aware time, or None when it is not one. Writers before
+    millisecond stamps wrote seconds; compare these, not the strings."""
+    try:
+        stamp = dt.datetime.fromisoformat(m.created_at)
+    except ValueError:
+        return None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.timezone.utc)
 
 
 def layout_folder(layout: str) -> tuple[str, str]:

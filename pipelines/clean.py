@@ -28,7 +28,6 @@ clean. A dry run writes nothing (no lock files either), so it cannot see running
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import re
@@ -117,12 +116,12 @@ def run_clean(
             _clean_build(storage, name, None, (), "unfinished build", stale_after_s, now,
                          result)
     for dataset, manifests in sorted(published.items()):
-        undated = [m for m in manifests if _created(m) is None]
+        undated = [m for m in manifests if mf.created_time(m) is None]
         for m in undated:
             result.notes.append(f"layout {m.layout_id}: created_at {m.created_at!r} is not a "
                                 "time; kept")
         manifests = sorted((m for m in manifests if m not in undated),
-                           key=lambda m: (_created(m), m.layout_id), reverse=True)
+                           key=lambda m: (mf.created_time(m), m.layout_id), reverse=True)
         result.kept += [m.layout_id for m in undated]
         for rank, manifest in enumerate(manifests):
             lid = manifest.layout_id
@@ -146,15 +145,6 @@ def _latest(storage: Storage) -> str | None:
                          "which is no published layout: point it at one (`fae layout` with "
                          "that layout's parameters rewrites it) before cleaning")
     return latest
-
-
-def _created(m: mf.Manifest) -> dt.datetime | None:
-    """``created_at`` as an aware time (older writers: seconds, newer: milliseconds)."""
-    try:
-        stamp = dt.datetime.fromisoformat(m.created_at)
-    except ValueError:
-        return None
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.timezone.utc)
 
 
 def _is_link(storage: Storage, *parts: str) -> bool:

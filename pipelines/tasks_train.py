@@ -62,8 +62,9 @@ def _newer_latest(root: str, event: Mapping[str, Any]) -> str | None:
     except FaeError as exc:  # no LATEST yet, or a layout gone: train the event's
         log.info("no newer layout than the event's (%s)", exc)
         return None
+    newer, older = mf.created_time(newest), mf.created_time(mine)
     if newest.layout_id == mine.layout_id or newest.dataset.name != mine.dataset.name \
-            or newest.created_at <= mine.created_at:
+            or newer is None or older is None or newer <= older:
         return None
     path = Storage(root).display(*mf.layout_folder(newest.layout_id), mf.MANIFEST)
     log.info("layout %s of dataset %s was published after the event's %s: training it",
