@@ -17,8 +17,10 @@ Files go to ``DIR/ckpt-<step>.pt`` (written to a temporary name, then renamed) a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
 import pickle
 import zipfile
@@ -27,7 +29,7 @@ from typing import Any
 
 import torch
 
-from fae_data.errors import ManifestError
+from fae_data.errors import ManifestError, os_error_message
 from trainer.data import LayoutReader
 from trainer.errors import CheckpointError
 
@@ -90,21 +92,31 @@ def save(folder: str | os.PathLike[str], step: int, payload: dict[str, Any]) -> 
     final = out / f"ckpt-{step:08d}.pt"
     _remove_stale_temporaries(out)
     tmp = out / f"{_TMP}{os.getpid()}-{final.name}"
+    latest_tmp = out / f"{_TMP}{os.getpid()}-{LATEST}"
+    previous = _latest_name(out)
     try:
         torch.save({"format": FORMAT, **payload}, tmp)
-    except (OSError, RuntimeError) as exc:  # a full disk: torch says "unexpected pos"
-        tmp.unlink(missing_ok=True)
+        os.replace(tmp, final)
+        latest_tmp.write_text(final.name + "\n")
+        os.replace(latest_tmp, out / LATEST)
+    except (OSError, RuntimeError) as exc:  # a full disk (torch: "unexpected pos"), read-only
+        for junk in (tmp, latest_tmp):
+            with contextlib.suppress(OSError):  # on a read-only disk, unlinking fails too
+                junk.unlink(missing_ok=True)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        previous = (out / LATEST).read_text().strip() if (out / LATEST).is_file() else None
+        reason = os_error_message(exc) if isinstance(exc, OSError) else first
         raise CheckpointError(
-            f"{final}: could not be written ({first}; is the disk full?); "
+            f"{final}: could not be saved ({reason}); "
             + (f"the last checkpoint, {out / previous}, is intact" if previous
                else "no checkpoint was saved")) from None
-    os.replace(tmp, final)
-    latest_tmp = out / f"{_TMP}{os.getpid()}-{LATEST}"
-    latest_tmp.write_text(final.name + "\n")
-    os.replace(latest_tmp, out / LATEST)
     return final
+
+
+def _latest_name(folder: Path) -> str | None:
+    try:
+        return (folder / LATEST).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _remove_stale_temporaries(folder: Path) -> None:
@@ -247,7 +259,39 @@ def _malformed(data: dict[str, Any]) -> str | None:
         return "its vocabulary fingerprint has no digest"
     if not isinstance(data["layout_id"], str):
         return "its layout_id is not text"
+    return _malformed_counters(data.get("counters"))
+
+
+def _malformed_counters(counters: Any) -> str | None:
+    """What is wrong with the counters a summary reports (absent in older checkpoints)."""
+    if counters is None:
+        return None
+    if not isinstance(counters, dict):
+        return "its counters are not a mapping"
+    seconds = counters.get("seconds")
+    if not isinstance(seconds, dict) or not all(
+            _is_amount(v) for v in [*seconds.values(), counters.get("sync_seconds")]):
+        return "its time counters are not finite non-negative seconds"
+    for key in ("switches", "syncs"):
+        if type(counters.get(key)) is not int or counters[key] < 0:
+            return f"its {key} counter {counters.get(key)!r} is not a count"
+    last = counters.get("last_eval")
+    if not isinstance(last, dict):
+        return "its last evaluation is not a mapping"
+    if last and (type(last.get("step")) is not int or not isinstance(last.get("why"), str)
+                 or not all(_is_metrics(last[k]) for k in ("val", "test") if k in last)):
+        return "its last evaluation is not the step, the reason and val/test metrics"
     return None
+
+
+def _is_metrics(value: Any) -> bool:
+    """``{auc, logloss, accuracy, samples}``: numbers, or None (nan in JSON)."""
+    return isinstance(value, dict) and all(
+        v is None or type(v) in (int, float) for v in value.values())
+
+
+def _is_amount(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value) and value >= 0
 
 
 def _unpickler_reason(exc: Exception) -> str:

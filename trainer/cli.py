@@ -125,8 +125,9 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
     try:
         return TrainConfig(**{k: v for k, v in vars(ns).items() if k in keys})
     except TrainerError as exc:
-        message = re.sub(r"\b(" + "|".join(sorted(keys, key=len, reverse=True)) + r")\b",
-                         lambda m: "--" + m[1].replace("_", "-"), str(exc), count=1)
+        # "switch_every (0) must be >= 1": a field followed by its value, not any word.
+        message = re.sub(r"\b(" + "|".join(sorted(keys, key=len, reverse=True)) + r")(?= \()",
+                         lambda m: "--" + m[1].replace("_", "-"), str(exc))
         raise TrainerError(message) from None
 
 

@@ -102,9 +102,19 @@ class Placement:
     # -- tables ---------------------------------------------------------------------------
     def load_tables(self, weight: torch.Tensor, state: torch.Tensor | None) -> None:
         """Replace the full tables (flat, as :attr:`full` lays them out) and their state."""
-        if tuple(weight.shape) != tuple(self.full.weight.shape):
-            raise TrainerError(f"embedding weights of shape {tuple(weight.shape)} do not fit "
-                               f"tables of shape {tuple(self.full.weight.shape)}")
+        shape = tuple(self.full.weight.shape)
+        for name, t in (("embedding weights", weight), ("optimizer state", state)):
+            if t is None:
+                continue
+            if tuple(t.shape) != shape or not t.is_floating_point():
+                raise TrainerError(f"{name} of shape {tuple(t.shape)} and type {t.dtype} do "
+                                   f"not fit float tables of shape {shape}")
+            if not torch.isfinite(t).all() or (name == "optimizer state" and (t < 0).any()):
+                raise TrainerError(f"{name} hold values that are not finite (or a negative "
+                                   "sum of squares)")
+        if self.full.state is not None and state is None:
+            raise TrainerError("the tables have no optimizer state: they were not trained "
+                               "with Adagrad")
         self.full.weight.copy_(weight)
         if self.full.state is not None and state is not None:
             self.full.state.copy_(state)

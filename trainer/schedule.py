@@ -218,16 +218,24 @@ class HotColdSchedule:
             self.run_length = int(state["run_length"])  # else: start at 1, or today's option
         self.reference = state["reference"]
         self.last_probe = int(state["last_probe"])
-        if self.epoch < 0 or not 0 <= self.last_probe <= self.emitted:
+        bpe = self.batches_per_epoch
+        lengths = (self.config.adapt_min, max(self.config.adapt_max, self.config.switch_every))
+        if self.epoch < 0 or not 0 <= self.last_probe <= self.emitted \
+                or same_batches and not self.epoch * bpe <= self.emitted <= (self.epoch + 1) * bpe \
+                or not lengths[0] <= self.run_length <= lengths[1] \
+                or not (self.reference is None or isinstance(self.reference, float)
+                        and math.isfinite(self.reference)):
             raise ValueError(f"schedule state out of range (epoch {self.epoch}, "
-                                  f"{self.emitted} minibatches, last probe {self.last_probe})")
+                             f"{self.emitted} minibatches, last probe {self.last_probe}, "
+                             f"run length {self.run_length}, reference {self.reference!r})")
         self._new_epoch()
         if same_batches and list(state["batches"]) == [len(self.hot), len(self.cold)]:
             hot_pos, cold_pos = int(state["hot_pos"]), int(state["cold_pos"])
             round_ = [(str(k), int(i)) for k, i in state["round"]]
             bounds = {"hot": len(self.hot), "cold": len(self.cold)}
             if not (0 <= hot_pos <= len(self.hot) and 0 <= cold_pos <= len(self.cold)) or any(
-                    k not in bounds or not 0 <= i < bounds[k] for k, i in round_):
+                    k not in bounds or not 0 <= i < bounds[k] for k, i in round_) \
+                    or len(set(round_)) != len(round_):
                 raise ValueError(
                     f"schedule positions out of range (hot {hot_pos} of {len(self.hot)}, "
                     f"cold {cold_pos} of {len(self.cold)}, round {round_[:3]})")

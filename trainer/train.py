@@ -11,10 +11,12 @@ returning a JSON-ready summary.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -118,26 +120,32 @@ class Trainer:
         resume = ckpt_io.load(config.resume) if config.resume else None
         self.reader = LayoutReader(config.target)
         m = self.reader.manifest
+        # --max-steps alone sets the run's length, and the decay ends there; with --epochs
+        # it only stops the run early (resumed later, the same schedule continues).
+        self._steps_set_length = config.epochs is None and config.max_steps is not None
         if config.epochs is None:  # --max-steps alone trains that many steps
             config = self.cfg = replace(config, epochs=_epochs_for(
-                config.max_steps, len(self.reader.refs("train")), self.world))
+                config.max_steps, len(self.reader.refs("train")), self.world, resume))
         if ctx is not None:
             _same_layout_everywhere(ctx, m.layout_id)
         self.fingerprint = ckpt_io.vocab_fingerprint(self.reader)
         if resume is not None:
-            ckpt_io.check_vocab(resume["vocab"], self.fingerprint, resume["layout_id"],
-                                m.layout_id)
+            with _named_damage(resume["path"]):
+                ckpt_io.check_vocab(resume["vocab"], self.fingerprint, resume["layout_id"],
+                                    m.layout_id)
             for option in ("optimizer", "seed"):  # the seed orders every epoch's minibatches
-                if resume["config"].get(option) != getattr(config, option):
+                saved, given = resume["config"].get(option), getattr(config, option)
+                if saved != given:
+                    shown = (repr if str(saved) == str(given) else str)(saved)  # "0" vs 0
                     raise CheckpointError(
-                        f"{resume['path']} was trained with --{option} "
-                        f"{resume['config'].get(option)}, not {getattr(config, option)}; "
-                        f"resume with --{option} {resume['config'].get(option)}")
+                        f"{resume['path']} was trained with --{option} {shown}, not {given}; "
+                        f"resume with --{option} {shown}")
         self.device = resolve_device(config.device, ctx)
         sch = self.reader.schema
-        self.model_config = (DLRMConfig.from_dict(resume["model_config"]) if resume else
-                             _model_config(config, len(sch.dense), sch.num_sparse,
-                                           self.reader.dim))
+        with _named_damage(resume["path"] if resume else None):
+            self.model_config = (DLRMConfig.from_dict(resume["model_config"]) if resume else
+                                 _model_config(config, len(sch.dense), sch.num_sparse,
+                                               self.reader.dim))
         mc = self.model_config
         if resume is not None:
             _check_model_options(config, mc, resume["path"], bool(sch.lists))
@@ -162,7 +170,8 @@ class Trainer:
                         "signal, and SGD barely moves rarely seen rows (on the real Taobao "
                         "sample it stayed at the constant prediction); train it with "
                         "--optimizer adagrad --lr 0.02", m.layout_id)
-        self.model = DLRM(mc, seed=config.seed).to(self.compute)
+        with _named_damage(resume["path"] if resume else None):  # a forged width: no model
+            self.model = DLRM(mc, seed=config.seed).to(self.compute)
         g = torch.Generator().manual_seed(config.seed + 1)
         for t in m.tables:  # one table at a time: never a second copy of all tables
             self.placement.fill_table(t.name, init_table(t.vocab_size, mc.embedding_dim, g))
@@ -212,14 +221,8 @@ class Trainer:
         self._loss_steps = 0
         self._mark = (0, 0, 0.0)  # step, samples, train seconds at the last log line
         if resume is not None:
-            try:
+            with _named_damage(resume["path"]):
                 self._restore(resume)
-            except (KeyError, TypeError, ValueError, IndexError, AttributeError,
-                    RuntimeError) as exc:  # a forged or damaged field: not a traceback
-                first = (str(exc).strip().splitlines() or [""])[0][:200]
-                raise CheckpointError(
-                    f"{resume['path']}: a damaged checkpoint ({type(exc).__name__}: {first}); "
-                    "resume from another checkpoint") from None
         # The summary's rate counts this process's samples and seconds.
         self._samples_at_start, self._seconds_at_start = self.samples, self.train_seconds
 
@@ -243,6 +246,8 @@ class Trainer:
             progress = min(1.0, (step - c.warmup_steps) / (c.decay_steps - c.warmup_steps))
         else:
             total = c.epochs * self.schedule.batches_per_epoch
+            if self._steps_set_length:  # the run ends there (in minibatches, at most)
+                total = min(total, c.max_steps * self.world)
             warm = min(c.warmup_steps * self.world, total - 1)  # minibatches of the warmup
             progress = min(1.0, max(0, batches - warm) / max(1, total - warm))
         if c.decay == "linear":
@@ -538,6 +543,10 @@ class Trainer:
         self.last_checkpoint = str(path)
         log.info("checkpoint step %d -> %s", self.step, path)
 
+    def _kind(self, ref: BatchRef) -> str:
+        """The schedule's kind of a training minibatch: hot, or cold (every other)."""
+        return "hot" if self.reader.kind(ref) == "hot" else "cold"
+
     def _restore(self, c: dict[str, Any]) -> None:
         try:
             self.model.load_state_dict(c["model"])
@@ -547,6 +556,8 @@ class Trainer:
                 f"{c['path']}: its model weights do not fit the model it describes ({first}); "
                 "it was written by another version of the trainer. Start without --resume."
             ) from None
+        if not all(torch.isfinite(p).all() for p in self.model.state_dict().values()):
+            raise CheckpointError(f"{c['path']}: its model weights are not all finite")
         self.optimizer.load_state_dict(c["dense_optimizer"])
         self.placement.load_tables(c["embedding"]["weight"], c["embedding"]["state"])
         self.step, self.epoch, self.samples = int(c["step"]), int(c["epoch"]), int(c["samples"])
@@ -557,13 +568,16 @@ class Trainer:
         self.schedule.load_state_dict(c["schedule"], same_batches=same,
                                       restart_epoch=min(pending_epochs, default=None))
         if same:  # regrouped: the checkpoint may come from another world size
-            train = set(self.reader.refs("train"))
+            train, seen = set(self.reader.refs("train")), set()
             for e, refs, k in c["pending"]:
                 for s, g in refs:
-                    if BatchRef(int(s), int(g)) not in train or k not in ("hot", "cold"):
+                    ref = BatchRef(int(s), int(g))
+                    if ref not in train or ref in seen or k != self._kind(ref) \
+                            or not self.epoch <= int(e) <= self.schedule.epoch:
                         raise CheckpointError(f"{c['path']}: its pending minibatch (shard {s}, "
-                                              f"row group {g}, {k}) is not one of this "
-                                              "layout's training minibatches")
+                                              f"row group {g}, {k}, epoch {e}) is not one of "
+                                              "this layout's training minibatches left")
+                    seen.add(ref)
                     last = self.queue[-1] if self.queue else None
                     if last and last[0] == int(e) and last[2] == k and len(last[1]) < self.world:
                         last[1].append(BatchRef(int(s), int(g)))
@@ -578,9 +592,9 @@ class Trainer:
             dropped = sum(len(refs) for e, refs, _ in self.queue if e >= self.cfg.epochs)
             self.queue = deque(g for g in self.queue if g[0] < self.cfg.epochs)
             if self.is_main:
-                log.warning("%s: --epochs %d ends before its %d pending minibatches of "
-                            "later epochs; they are not trained", c["path"], self.cfg.epochs,
-                            dropped)
+                log.warning("%s: the run ends with epoch %d (--epochs, or what --max-steps "
+                            "needs), before its %d pending minibatches of later epochs; they "
+                            "are not trained", c["path"], self.cfg.epochs, dropped)
         self.batches = self.schedule.emitted - sum(len(refs) for _, refs, _ in self.queue)
         counters = c.get("counters")  # absent in checkpoints of earlier versions
         if counters:
@@ -597,13 +611,39 @@ class Trainer:
                      self.step_epoch + 1)
 
 
-def _epochs_for(max_steps: int | None, train_batches: int, world: int) -> int:
-    """Epochs that hold ``max_steps`` steps (1 without it). A step takes up to one
-    minibatch per rank, so an epoch has at least ceil(batches / world) steps: enough."""
+def _epochs_for(max_steps: int | None, train_batches: int, world: int,
+                resume: dict[str, Any] | None = None) -> int:
+    """Epochs when ``--epochs`` is not given: enough for ``max_steps`` steps, counted from
+    where a resumed checkpoint stands; without ``max_steps`` 1, or the checkpoint's. A
+    step takes up to one minibatch per rank, so an epoch has at least
+    ceil(batches / world) steps: enough."""
     per_epoch = math.ceil(train_batches / world)
+    saved = resume["config"].get("epochs") if resume else None
     if not max_steps or per_epoch == 0:
-        return 1
-    return max(1, math.ceil(max_steps / per_epoch))
+        return saved if type(saved) is int and saved >= 1 else 1
+    if resume is None:
+        return max(1, math.ceil(max_steps / per_epoch))
+    left = max(0, max_steps - int(resume["step"]))
+    return int(resume["epoch"]) + 1 + math.ceil(left / per_epoch)
+
+
+@contextlib.contextmanager
+def _named_damage(path: str | None) -> Iterator[None]:
+    """A forged or damaged checkpoint field (a wrong type, a width no model can have, a
+    tensor of another shape) as one CheckpointError naming the file, not a traceback
+    from deep inside torch."""
+    if path is None:
+        yield
+        return
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (TrainerError, KeyError, TypeError, ValueError, IndexError, AttributeError,
+            RuntimeError, ZeroDivisionError, OverflowError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path}: a damaged checkpoint ({type(exc).__name__}: {first}); "
+                              "resume from another checkpoint") from None
 
 
 def _json_safe(obj: Any) -> Any:

@@ -420,7 +420,7 @@ def test_a_checkpoint_that_cannot_be_written_is_one_error(tmp_path: Path, monkey
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 58560")
 
     monkeypatch.setattr(torch, "save", full)
-    with pytest.raises(CheckpointError, match=r"ckpt-00000002.pt: could not be written "
+    with pytest.raises(CheckpointError, match=r"ckpt-00000002.pt: could not be saved "
                        r"\(.*unexpected pos.*ckpt-00000001.pt, is intact"):
         ckpt_io.save(tmp_path, 2, {"x": torch.zeros(2)})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["LATEST", "ckpt-00000001.pt"]
@@ -460,3 +460,63 @@ def test_resume_and_checkpoint_on_one_empty_folder_start_then_continue(
     with pytest.raises(CheckpointError, match="empty: no such checkpoint file"):
         Trainer(TrainConfig(layouts.criteo, resume=str(tmp_path / "empty"),
                             checkpoint=str(tmp_path / "other"), **CPU_TINY))  # type: ignore[arg-type]
+
+
+def test_more_forgeries_are_one_error(layouts: Layouts, tmp_path: Path) -> None:
+    """Fields read outside the restore (the model's widths, the vocabulary fingerprint,
+    the counters a summary prints), tensors that are not finite or of another shape, a
+    minibatch of the wrong kind, a round naming one minibatch three times."""
+    import torch
+
+    from trainer import checkpoint as ckpt_io
+
+    Trainer(TrainConfig(layouts.criteo, max_steps=2, log_every=0, eval_batches=1,
+                        optimizer="adagrad", lr=0.01, checkpoint=str(tmp_path / "ck"),
+                        **CPU_TINY)).fit()  # type: ignore[arg-type]
+    good = ckpt_io.load(tmp_path / "ck")
+    del good["path"]
+    hot = {r for r in Trainer(TrainConfig(layouts.criteo, **CPU_TINY)).reader.refs(  # type: ignore[arg-type]
+        "train", "hot")}
+    cold_ref = next(r for r in Trainer(TrainConfig(layouts.criteo, **CPU_TINY)).reader.refs(  # type: ignore[arg-type]
+        "train") if r not in hot)
+
+    def nan_table(c):  # type: ignore[no-untyped-def]
+        c["embedding"] = {**c["embedding"], "weight": c["embedding"]["weight"].clone()}
+        c["embedding"]["weight"][0, 0] = float("nan")
+
+    forgeries = {
+        "widths": lambda c: c.update(model_config={**c["model_config"], "bottom_mlp": "x"}),
+        "huge": lambda c: c.update(model_config={**c["model_config"], "top_mlp": [10**13, 1]}),
+        "fingerprint": lambda c: c.update(vocab={"digest": "x", "tables": 5}),
+        "seconds": lambda c: c["counters"]["seconds"].update(hot=float("nan")),
+        "last_eval": lambda c: c["counters"].update(last_eval={"step": 2}),
+        "nan_table": nan_table,
+        "state_shape": lambda c: c.update(embedding={**c["embedding"], "state": torch.zeros(1)}),
+        "kind": lambda c: c.update(pending=[[0, [[cold_ref.shard, cold_ref.group]], "hot"]]),
+        "round": lambda c: c["schedule"].update(round=[["cold", 1]] * 3),
+        "emitted": lambda c: c["schedule"].update(emitted=10**12),
+    }
+    for name, forge in forgeries.items():
+        c = {**good, "schedule": dict(good["schedule"]),
+             "counters": {**good["counters"], "seconds": dict(good["counters"]["seconds"])}}
+        forge(c)
+        torch.save(c, tmp_path / f"{name}.pt")
+        options = {**CPU_TINY, "top_mlp": None, "bottom_mlp": None}  # the checkpoint's
+        with pytest.raises(CheckpointError, match=rf"{name}\.pt: "):
+            Trainer(TrainConfig(layouts.criteo, resume=str(tmp_path / f"{name}.pt"),
+                                optimizer="adagrad", lr=0.01, log_every=0, **options))  # type: ignore[arg-type]
+
+
+def test_max_steps_decays_to_its_end_and_resumes_to_it(layouts: Layouts, tmp_path: Path) -> None:
+    """--max-steps alone: the decay ends at its last step, not at the end of the last
+    whole epoch; a resume with --max-steps counts from where the checkpoint stands (it
+    once refused to train with steps left)."""
+    t = Trainer(TrainConfig(layouts.criteo, max_steps=25, decay="linear", log_every=0,
+                            eval_batches=1, checkpoint=str(tmp_path / "ck"), eval_every=15,
+                            **CPU_TINY))  # type: ignore[arg-type]
+    assert t.lr_at(24, 24) == pytest.approx(0.1 / 25) and t.lr_at(25, 25) == 0.0
+    t.fit()
+    ck = tmp_path / "ck" / "ckpt-00000015.pt"
+    resumed = Trainer(TrainConfig(layouts.criteo_other_budget, resume=str(ck), max_steps=40,
+                                  log_every=0, eval_batches=1, **CPU_TINY))  # type: ignore[arg-type]
+    assert resumed.fit()["steps"] == 40
