@@ -444,7 +444,7 @@ class Trainer:
                     and self.is_main:
                 log.warning("nothing left to train: the run is at step %d, epoch %d of %d%s; "
                             "raise --epochs or --max-steps to train on", self.step,
-                            self.step_epoch + 1, cfg.epochs,
+                            min(self.step_epoch + 1, cfg.epochs), cfg.epochs,
                             "" if cfg.max_steps is None else f", --max-steps {cfg.max_steps}")
             while cfg.max_steps is None or self.step < cfg.max_steps:
                 self._fill(pre)
