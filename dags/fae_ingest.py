@@ -49,6 +49,7 @@ def ingested_asset(dataset: str) -> Asset:
 @dag(
     dag_id="fae_ingest",
     schedule="@daily",
+    user_defined_macros={"fae_default_landing": LANDING},
     start_date=START,
     catchup=env_flag(os.environ.get("FAE_INGEST_CATCHUP")),
     max_active_runs=int(os.environ.get("FAE_INGEST_MAX_ACTIVE_RUNS") or 4),
@@ -59,8 +60,10 @@ def ingested_asset(dataset: str) -> Asset:
         "max_retry_delay": dt.timedelta(hours=1),
     },
     params={
-        "landing_url": Param(LANDING, type="string", minLength=1,
-                             description="Raw files of a day: {ds}, {ds_nodash}, {dataset}."),
+        # No default: a form that sends every Param must not override the Variable.
+        "landing_url": Param(None, type=["null", "string"], minLength=1,
+                             description="Raw files of a day: {ds}, {ds_nodash}, {dataset} "
+                             "(empty: the Variable fae_landing_url, else FAE_LANDING_URL)."),
         "max_reject_fraction": Param(0.01, type="number", minimum=0, maximum=1,
                                      description="Fail a file with more bad lines than this."),
     },
@@ -97,8 +100,8 @@ def fae_ingest() -> None:
 
             # A run's own landing_url (conf, or the Trigger form) first; then the Variable,
             # which moves the landing place without a redeploy; then FAE_LANDING_URL.
-            files = wait_for_files("{{ (dag_run.conf or {}).get('landing_url') or "
-                                   "var.value.get('fae_landing_url', params.landing_url) }}")
+            files = wait_for_files("{{ params.landing_url or var.value.get("
+                                   "'fae_landing_url', fae_default_landing) }}")
             ingest(files)
 
         one_dataset()

@@ -170,7 +170,9 @@ def newest_uncommitted(storage: Storage, dataset: str, names: Sequence[str]
 
 def resolve_inputs(storage: Storage, params: LayoutParams) -> Inputs:
     """Find the committed partitions and decide the train/val/test split."""
-    names = list(params.partitions) or storage.listdir(INGESTED_DIR, params.dataset)
+    names = list(params.partitions) or [  # folders only: a stray file is no partition
+        n for n in storage.listdir(INGESTED_DIR, params.dataset)
+        if storage.fs.isdir(storage.path(INGESTED_DIR, params.dataset, n))]
     # Numbers by value (day_2 before day_10), whatever order --partition gave: the
     # default split's last partition is the last day.
     names = sorted((n for n in names if not n.startswith(".")),

@@ -123,7 +123,13 @@ def validate_layout(
     names = list(request["partitions"] or ())
     if not names:
         every = [n for n in storage.listdir(INGESTED_DIR, request["dataset"])
-                 if not n.startswith(".")]
+                 if not n.startswith(".")
+                 and storage.fs.isdir(storage.path(INGESTED_DIR, request["dataset"], n))]
+        # Days being ingested now (no _partition.json yet, the newest of all) are not
+        # pinned: the run lays out what is committed, as `fae layout` does. Found over
+        # every partition, before the range: one missing inside a range is damage.
+        every, _ = newest_uncommitted(storage, request["dataset"],
+                                      sorted(every, key=lambda n: (name_order(n), n)))
         names = [n for n in every if _in_range(n, start, end)]
         if not names:
             raise InputError(
@@ -131,13 +137,6 @@ def validate_layout(
                 + (f" between {start or '...'} and {end or '...'} (partitions are named by "
                    f"day; found: {', '.join(every[:10]) or 'none'})" if start or end else
                    "; run fae_ingest (or `fae ingest`) first"))
-        # Days being ingested now (no _partition.json yet) are not pinned: the run lays
-        # out what is committed, as `fae layout` does.
-        names, _ = newest_uncommitted(storage, request["dataset"],
-                                      sorted(names, key=lambda n: (name_order(n), n)))
-        if not names:
-            raise InputError(f"{storage.display(INGESTED_DIR, request['dataset'])}: no "
-                             "committed partitions yet (ingests running or interrupted)")
         if start and end and (gaps := _missing_days(names, start, end)):
             log.warning("%d day(s) from %s to %s have no ingested partition of dataset %s "
                         "(%s%s); the layout covers the %d partition(s) found", len(gaps),

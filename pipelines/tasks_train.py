@@ -103,8 +103,12 @@ def run_training(
                          "{python}, {manifest}, {root}, {max_steps} and {run_id}") from None
     log.info("starting trainer: %s", shlex.join(argv))
     # A session of its own, so that killing it also ends what it started (torchrun ranks).
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+    except OSError as exc:  # no such program, not executable: the setting is wrong
+        raise InputError(f"train command {command!r}: cannot start {argv[0]!r} "
+                         f"({exc.strerror or exc}); check FAE_TRAIN_COMMAND") from None
     expired = threading.Event()
 
     def kill() -> None:

@@ -211,10 +211,17 @@ def test_a_runs_landing_url_comes_before_the_variable(
         assert str(dr.state) == "success", _states(dr)
         marker = storage_root / "ingested" / "criteo" / ds / "_partition.json"
         assert json.loads(marker.read_text())["rows_ok"] == 500
+        # A form that sends the Param empty (null) leaves the Variable in charge.
+        os.replace(tmp_path / "day_0.tsv", tmp_path / "2024-01-06.tsv")
+        Variable.set("fae_landing_url", str(tmp_path / "{ds}.tsv"))
+        dr = _dag(dags_folder, "fae_ingest").test(logical_date=_day("2024-01-06"),
+                                                  run_conf={"landing_url": None})
+        assert str(dr.state) == "success", _states(dr)
     finally:
         Variable.delete("fae_landing_url")
-        shutil.rmtree(storage_root / "ingested" / "criteo" / ds, ignore_errors=True)
-        shutil.rmtree(storage_root / "counts" / "criteo" / ds, ignore_errors=True)
+        for day in (ds, "2024-01-06"):
+            shutil.rmtree(storage_root / "ingested" / "criteo" / day, ignore_errors=True)
+            shutil.rmtree(storage_root / "counts" / "criteo" / day, ignore_errors=True)
 
 
 def test_a_file_refused_as_a_whole_fails_without_retries(
