@@ -24,7 +24,7 @@ from typing import Any
 from fae_data.errors import InputError
 
 log = logging.getLogger(__name__)
-_REFUSAL = re.compile(r"^(?:[\w.-]+: )?error: ")
+_REFUSAL = re.compile(r"^(?:\[rank\d+\]:\s*)?(?:[\w.-]+: )?error: ")  # torchrun may prefix
 
 
 class TrainerRefused(RuntimeError):
@@ -121,6 +121,7 @@ def run_training(
 
     timer = threading.Timer(timeout_s, expire) if timeout_s else None
     lines: list[str] = []
+    refusals = 0  # "error: ..." lines anywhere (under torchrun its traceback follows)
     try:
         if timer is not None:
             timer.start()
@@ -129,6 +130,7 @@ def run_training(
             line = line.rstrip("\n")
             log.info("trainer: %s", line)
             lines.append(line)
+            refusals += bool(_REFUSAL.match(line))
             del lines[:-200]  # the tail is enough for the error message and the summary
         code = proc.wait()
     except BaseException:  # the task is being killed: never leave the trainer running
@@ -144,8 +146,9 @@ def run_training(
                            f"{shlex.join(argv)}\n{tail}")
     if code != 0:
         # "error: ..." is the trainer's refusal of its input, "fae-train: error: ..." a usage
-        # error of FAE_TRAIN_COMMAND: a retry meets either again.
-        refused = code in (1, 2) and any(_REFUSAL.match(line) for line in lines[-20:])
+        # error of FAE_TRAIN_COMMAND: a retry meets either again. "error (storage): ..."
+        # (storage not reachable, a full disk) is retried.
+        refused = code in (1, 2) and refusals > 0
         raise (TrainerRefused if refused else RuntimeError)(
             f"trainer exited with code {code}: {shlex.join(argv)}\n{tail}")
     return {"target": target, "exit_code": code, "summary": _last_json(lines)}

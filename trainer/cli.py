@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fae_data.errors import FaeError, os_error_message
+from fae_data.errors import FaeError, StorageError, os_error_message
 from trainer import distributed as dp
 from trainer.checkpoint import LATEST
 from trainer.embedding import SPARSE_OPTIMIZERS
@@ -184,12 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     except FaeError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        # Storage that could not be read or written may work the next time (a scheduler
+        # retries those); anything else is a refusal of this input.
+        label = "error (storage)" if isinstance(exc, StorageError) else "error"
+        print(f"{label}: {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:  # e.g. a checkpoint folder that cannot be written
         if args.debug:
             raise
-        print(f"error: {os_error_message(exc)}", file=sys.stderr)
+        print(f"error (storage): {os_error_message(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         if args.debug:

@@ -154,6 +154,17 @@ def test_train_target_and_command(tmp_path: Path) -> None:
     with pytest.raises(tasks.TrainerRefused, match="invalid choice"):
         tasks.run_training(f"{sys.executable} -m trainer.cli {{manifest}} --placement nope",
                            root="/r", manifest="/r/manifest.json")
+    # Under torchrun the refusal is followed by torchrun's own traceback.
+    script = tmp_path / "ranks.py"
+    script.write_text("print('[rank0]: error: bad layout')\nfor i in range(40): print('  at', i)"
+                      "\nraise SystemExit(1)\n")
+    with pytest.raises(tasks.TrainerRefused):
+        tasks.run_training(f"{{python}} {script}", root="/r")
+    # Storage that could not be reached may answer next time: retried.
+    with pytest.raises(RuntimeError) as storage:
+        tasks.run_training(f"{sys.executable} -c \"print('error (storage): s3://x: cannot "
+                           "reach the object store'); raise SystemExit(2)\"", root="/r")
+    assert not isinstance(storage.value, tasks.TrainerRefused)
     with pytest.raises(RuntimeError) as traceback:  # an uncaught exception also exits 1
         tasks.run_training(f"{sys.executable} -c \"raise ValueError('x')\"", root="/r")
     assert not isinstance(traceback.value, tasks.TrainerRefused)
