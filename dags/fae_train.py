@@ -58,7 +58,7 @@ def fae_train() -> None:
         queue=os.environ.get("FAE_TRAIN_QUEUE") or "default",
         multiple_outputs=False,
     )
-    def train(params=None, triggering_asset_events=None, run_id=None) -> dict:  # type: ignore[no-untyped-def]
+    def train(params=None, triggering_asset_events=None, run_id=None, dag_run=None) -> dict:  # type: ignore[no-untyped-def]
         from pipelines.tasks import fail_for_good, run_training
 
         events = sorted((e for evs in (triggering_asset_events or {}).values() for e in evs),
@@ -67,7 +67,8 @@ def fae_train() -> None:
             return run_training(COMMAND, root=ROOT, manifest=params["manifest"],
                                 events=[e.extra for e in events],
                                 max_steps=params["max_steps"], timeout_s=TIMEOUT_S,
-                                run_id=run_id or "manual")
+                                run_id=run_id or "manual",
+                                not_after=getattr(dag_run, "start_date", None))
 
     train()
 

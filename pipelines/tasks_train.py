@@ -9,6 +9,7 @@ and returns its summary.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
@@ -33,49 +34,65 @@ class TrainerRefused(RuntimeError):
     fails the task at once instead (a crash, a kill or a timeout is retried)."""
 
 
-def train_target(root: str, manifest: str | None, events: Sequence[Mapping[str, Any]]) -> str:
-    """What to train on: the ``manifest`` Param, else the newest layout of the dataset
-    of the newest triggering event, else the root (the trainer follows ``layouts/LATEST``).
+def train_target(root: str, manifest: str | None, events: Sequence[Mapping[str, Any]],
+                 not_after: dt.datetime | None = None) -> str:
+    """What to train on: the ``manifest`` Param, else the newest published layout of the
+    dataset of the newest triggering event, else the root (the trainer follows
+    ``layouts/LATEST``).
 
     The newest layout rather than the event's own: fae_train runs one at a time, and a
     run that was queued while another trained starts with the event that queued it, while
-    layouts published after that event do not queue another run. So a run takes the
-    root's ``LATEST`` when it is a layout of the same dataset published after the event.
+    layouts published after that event do not queue another run; and the event's own
+    layout may be gone (``fae clean`` keeps the newest per dataset). Layouts are found by
+    their manifests, not through ``LATEST``, which is one per root (another dataset may
+    hold it). ``not_after`` (the run's start) pins the choice: a retry of the run trains
+    the same layout, and can resume its checkpoints, whatever was published since.
     """
     if manifest:
         return manifest
     for extra in reversed(list(events)):
         if extra.get("manifest"):
-            return _newer_latest(root, extra) or str(extra["manifest"])
+            dataset = extra.get("dataset")
+            newest = newest_layout(root, str(dataset), not_after) if dataset else None
+            return newest or str(extra["manifest"])
     return root
 
 
-def _newer_latest(root: str, event: Mapping[str, Any]) -> str | None:
-    """The manifest ``LATEST`` names when it is a newer layout of the event's dataset."""
+def newest_layout(root: str, dataset: str, not_after: dt.datetime | None = None
+                  ) -> str | None:
+    """The manifest path of the newest published layout of ``dataset`` under ``root``
+    (created no later than ``not_after``), or None. Unreadable manifests are skipped."""
     from fae_data import manifest as mf
-    from fae_data.errors import FaeError
+    from fae_data.errors import BackendError, FaeError
     from fae_data.storage import Storage
 
-    try:
-        newest, _ = mf.load(root)
-        mine, _ = mf.load(str(event["manifest"]))
-    except FaeError as exc:  # no LATEST yet, or a layout gone: train the event's
-        log.info("no newer layout than the event's (%s)", exc)
+    storage = Storage(root)
+    best: tuple[dt.datetime, str] | None = None
+    for name in storage.listdir(mf.LAYOUTS_DIR):
+        if name.startswith(".") or name == mf.LATEST:
+            continue
+        try:
+            m = mf.from_dict(storage.read_json(mf.LAYOUTS_DIR, name, mf.MANIFEST))
+        except BackendError:
+            raise
+        except (FaeError, ValueError):  # no manifest (a build), or damaged: not a candidate
+            continue
+        created = mf.created_time(m)
+        if m.dataset.name != dataset or m.layout_id != name or created is None \
+                or (not_after is not None and created > not_after):
+            continue
+        if best is None or (created, name) > best:
+            best = (created, name)
+    if best is None:
         return None
-    newer, older = mf.created_time(newest), mf.created_time(mine)
-    if newest.layout_id == mine.layout_id or newest.dataset.name != mine.dataset.name \
-            or newer is None or older is None or newer <= older:
-        return None
-    path = Storage(root).display(*mf.layout_folder(newest.layout_id), mf.MANIFEST)
-    log.info("layout %s of dataset %s was published after the event's %s: training it",
-             newest.layout_id, newest.dataset.name, mine.layout_id)
-    return path
+    log.info("training layout %s, the newest of dataset %s", best[1], dataset)
+    return storage.display(mf.LAYOUTS_DIR, best[1], mf.MANIFEST)
 
 
 def run_training(
     command: str, *, root: str, manifest: str | None = None,
     events: Sequence[Mapping[str, Any]] = (), max_steps: int = 1000, timeout_s: float | None = None,
-    run_id: str = "manual",
+    run_id: str = "manual", not_after: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """Run the trainer as its own process and wait for it.
 
@@ -85,13 +102,14 @@ def run_training(
     DIR/{run_id}`` lets a retry continue where the failed attempt stopped); it is split
     like a shell line *before* filling in, so paths with spaces stay one argument, and no
     shell is involved. The child's output is logged line by line; its last JSON line, if
-    any, is the summary returned.
+    any, is the summary returned. ``not_after`` (the run's start) pins the layout a run
+    trains (:func:`train_target`), so that every attempt trains the same.
 
     Raises:
         RuntimeError: the trainer exited non-zero (the message holds its last lines) or
             ran past ``timeout_s``.
     """
-    target = train_target(root, manifest, events)
+    target = train_target(root, manifest, events, not_after)
     log.info("training on %s (manifest param %r, %d layout event(s))", target, manifest,
              len(events))
     values = {"python": sys.executable, "manifest": target, "root": root,

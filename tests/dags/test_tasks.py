@@ -283,6 +283,17 @@ def test_a_queued_training_run_takes_the_newest_layout_of_its_dataset(tmp_path: 
     d["created_at"] = "2000-01-01T00:00:00+00:00"
     path.write_text(json.dumps(d))
     assert tasks.train_target(root, None, [event]) == old.manifest_path
+    # The event's layout removed by `fae clean`: the newest one of its dataset, not a
+    # missing manifest; a layout created after the run started is not taken (a retry of
+    # the run trains what its first attempt trained).
+    d["created_at"] = "2999-01-01T00:00:00+00:00"
+    path.write_text(json.dumps(d))
+    shutil.rmtree(Path(old.manifest_path).parent)
+    assert tasks.train_target(root, None, [event]) == new.manifest_path
+    import datetime as dt
+
+    started = dt.datetime(2998, 1, 1, tzinfo=dt.timezone.utc)
+    assert tasks.train_target(root, None, [event], not_after=started) == old.manifest_path
 
 
 def test_a_date_range_with_missing_days_is_warned_about(root: str, caplog) -> None:  # type: ignore[no-untyped-def]
