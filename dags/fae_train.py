@@ -43,7 +43,8 @@ TIMEOUT_S = float(os.environ.get("FAE_TRAIN_TIMEOUT_S") or 24 * 3600)
     params={
         "manifest": Param(None, type=["null", "string"],
                           description="manifest.json, layout folder or root (default: the "
-                                      "layout that triggered the run, else LATEST)."),
+                                      "newest layout of the triggering event's dataset, "
+                                      "else LATEST)."),
         "max_steps": Param(int(os.environ.get("FAE_TRAIN_MAX_STEPS") or 1000), type="integer",
                            minimum=1, description="Training steps."),
     },
