@@ -31,7 +31,7 @@ import torch
 
 from fae_data.errors import ManifestError, os_error_message
 from trainer.data import LayoutReader
-from trainer.errors import CheckpointError
+from trainer.errors import CheckpointError, CheckpointWriteError
 
 FORMAT = "fae.trainer-checkpoint/v1"
 LATEST = "LATEST"
@@ -105,7 +105,7 @@ def save(folder: str | os.PathLike[str], step: int, payload: dict[str, Any]) -> 
                 junk.unlink(missing_ok=True)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         reason = os_error_message(exc) if isinstance(exc, OSError) else first
-        raise CheckpointError(
+        raise CheckpointWriteError(
             f"{final}: could not be saved ({reason}); "
             + (f"the last checkpoint, {out / previous}, is intact" if previous
                else "no checkpoint was saved")) from None
@@ -146,6 +146,9 @@ def check_folder(folder: str | os.PathLike[str], resumed: str | None = None) -> 
     would overwrite (the root then named a checkpoint as its newest layout), and a folder
     holding the checkpoints of another run: one not ``resumed`` (the checkpoint file this
     run continues) from there, whose ``LATEST`` the new run would move back."""
+    if "://" in str(folder):
+        raise CheckpointError(f"--checkpoint {folder}: checkpoints go to a local (or mounted) "
+                              "folder, not a URL")
     out = Path(folder)
     if problem := _not_for_checkpoints(out):
         raise CheckpointError(f"--checkpoint {folder}: {problem}; give a folder of its own")
@@ -163,7 +166,7 @@ def check_folder(folder: str | os.PathLike[str], resumed: str | None = None) -> 
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise CheckpointError(f"--checkpoint {folder}: cannot write checkpoints there "
+        raise CheckpointWriteError(f"--checkpoint {folder}: cannot write checkpoints there "
                               f"({exc.strerror or exc})") from None
 
 

@@ -7,8 +7,10 @@
 
 Data parallel: ``torchrun --nproc_per_node=G -m trainer.cli ...`` (see
 :mod:`trainer.distributed`). Errors (a bad layout, a checksum mismatch, a checkpoint of
-another vocabulary) print one ``error: ...`` line and exit 1 (2 for a storage URL that
-no backend can use or reach); Ctrl-C exits 130; ``--debug`` shows the traceback instead.
+another vocabulary) print one ``error: ...`` line and exit 1; storage that cannot be read
+or written (an unreachable store, a full disk) prints ``error (storage): ...`` instead, exit
+1 (2 for a storage URL that no backend can use or reach), which the fae_train DAG retries;
+Ctrl-C exits 130; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from fae_data.errors import FaeError, StorageError, os_error_message
 from trainer import distributed as dp
 from trainer.checkpoint import LATEST
 from trainer.embedding import SPARSE_OPTIMIZERS
-from trainer.errors import TrainerError
+from trainer.errors import CheckpointWriteError, TrainerError
 from trainer.model import LIST_POOLINGS
 from trainer.placement import MODES
 from trainer.schedule import MODES as SCHEDULES
@@ -57,12 +59,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--decay", choices=DECAYS, default=d.decay,
                     help="learning-rate decay after warmup, to 0 at --decay-steps")
     ap.add_argument("--decay-steps", type=int, default=None,
-                    help="default: epochs x steps per epoch")
+                    help="default: the end of the last epoch, or of --max-steps when it "
+                    "alone sets the run's length")
     ap.add_argument("--epochs", type=int, default=None,
                     help="passes over the training minibatches (default: 1, or as many as "
                     "--max-steps needs)")
     ap.add_argument("--max-steps", type=int, default=None,
-                    help="stop after N steps (default: at the end of the last epoch)")
+                    help="stop at step N, counted from the run's start (a resumed run "
+                    "included); alone, it sets the run's length (default: at the end of the "
+                    "last epoch)")
     ap.add_argument("--eval-every", type=int, default=d.eval_every,
                     help="evaluate val/test every N steps (0: at epoch ends only)")
     ap.add_argument("--eval-batches", type=int, default=None,
@@ -154,7 +159,8 @@ def _resumable(checkpoint: str | None) -> str:
     """What an interrupted run left to resume from (checkpoints are written whole, then
     renamed, so the newest one is intact)."""
     if checkpoint and (Path(checkpoint) / LATEST).is_file():
-        return f"continue from the last checkpoint with --resume {checkpoint}"
+        return (f"continue from the last checkpoint with --resume {checkpoint} "
+                f"--checkpoint {checkpoint}")
     if checkpoint:
         return f"no checkpoint was written to {checkpoint} yet (one follows each evaluation)"
     return "nothing was saved (--checkpoint DIR makes a run resumable)"
@@ -186,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # Storage that could not be read or written may work the next time (a scheduler
         # retries those); anything else is a refusal of this input.
-        label = "error (storage)" if isinstance(exc, StorageError) else "error"
+        label = ("error (storage)" if isinstance(exc, (StorageError, CheckpointWriteError))
+                 else "error")
         print(f"{label}: {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:  # e.g. a checkpoint folder that cannot be written

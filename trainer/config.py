@@ -26,7 +26,7 @@ class TrainConfig:
     lr: float = 0.1
     warmup_steps: int = 0
     decay: str = "none"  # after warmup: none | linear | cosine (to 0 at decay_steps)
-    decay_steps: int | None = None  # default: epochs x steps per epoch
+    decay_steps: int | None = None  # default: the run's end (epochs, or max_steps alone)
     epochs: int | None = None  # None: 1, or with max_steps as many as it needs
     max_steps: int | None = None
     eval_every: int = 0  # 0: evaluate at epoch ends only

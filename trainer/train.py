@@ -121,7 +121,12 @@ class Trainer:
         self.reader = LayoutReader(config.target)
         m = self.reader.manifest
         # --max-steps alone sets the run's length, and the decay ends there; with --epochs
-        # it only stops the run early (resumed later, the same schedule continues).
+        # it only stops the run early (resumed later, the same schedule continues). A resume
+        # given neither continues the checkpoint's run: its --max-steps, or its epochs.
+        saved = resume["config"] if resume else {}
+        if config.epochs is None and config.max_steps is None \
+                and type(saved.get("max_steps")) is int and saved.get("steps_set_length"):
+            config = self.cfg = replace(config, max_steps=saved["max_steps"])
         self._steps_set_length = config.epochs is None and config.max_steps is not None
         if config.epochs is None:  # --max-steps alone trains that many steps
             config = self.cfg = replace(config, epochs=_epochs_for(
@@ -527,7 +532,8 @@ class Trainer:
         if not self.is_main or not self.cfg.checkpoint:
             return
         path = ckpt_io.save(self.cfg.checkpoint, self.step, {
-            "config": self.cfg.to_dict(), "model_config": self.model_config.to_dict(),
+            "config": {**self.cfg.to_dict(), "steps_set_length": self._steps_set_length},
+            "model_config": self.model_config.to_dict(),
             "step": self.step, "epoch": self.epoch, "samples": self.samples,
             "layout_id": self.reader.manifest.layout_id, "vocab": self.fingerprint,
             "model": self.model.state_dict(), "dense_optimizer": self.optimizer.state_dict(),

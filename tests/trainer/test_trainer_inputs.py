@@ -116,7 +116,7 @@ def test_unwritable_checkpoint_folder_is_one_error_line(layout_copy, tmp_path, c
     assert main([str(manifest), "--checkpoint", str(blocker / "ck"), "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     # refused before the first step (it used to be found at the epoch's end, after training)
-    assert err == [f"error: --checkpoint {blocker / 'ck'}: cannot write checkpoints there "
+    assert err == [f"error (storage): --checkpoint {blocker / 'ck'}: cannot write checkpoints there "
                    "(Not a directory)"]
 
 
@@ -286,7 +286,7 @@ def test_ctrl_c_is_one_line(layouts: Layouts, tmp_path: Path, monkeypatch, capsy
                         checkpoint=str(ck), **CPU_TINY)).fit()  # type: ignore[arg-type]
     assert main([layouts.criteo, "--quiet", "--checkpoint", str(ck)]) == 130
     assert capsys.readouterr().err.strip() == (
-        f"interrupted: continue from the last checkpoint with --resume {ck}")
+        f"interrupted: continue from the last checkpoint with --resume {ck} --checkpoint {ck}")
 
 
 def test_a_changed_vocabulary_is_refused(layout_copy) -> None:  # type: ignore[no-untyped-def]
@@ -520,3 +520,16 @@ def test_max_steps_decays_to_its_end_and_resumes_to_it(layouts: Layouts, tmp_pat
     resumed = Trainer(TrainConfig(layouts.criteo_other_budget, resume=str(ck), max_steps=40,
                                   log_every=0, eval_batches=1, **CPU_TINY))  # type: ignore[arg-type]
     assert resumed.fit()["steps"] == 40
+
+
+def test_a_resume_continues_a_max_steps_run_to_its_end(layouts: Layouts, tmp_path: Path) -> None:
+    """A run that --max-steps alone set, resumed without it: it trained on to the end of
+    the derived epochs, its lr jumping back up."""
+    ck = str(tmp_path / "ck")
+    Trainer(TrainConfig(layouts.criteo, max_steps=15, decay="linear", log_every=0,
+                        eval_every=10, eval_batches=1, checkpoint=ck, **CPU_TINY)).fit()  # type: ignore[arg-type]
+    resumed = Trainer(TrainConfig(layouts.criteo, resume=str(Path(ck) / "ckpt-00000010.pt"),
+                                  decay="linear", log_every=0, eval_batches=1, **CPU_TINY))  # type: ignore[arg-type]
+    assert resumed.cfg.max_steps == 15 and resumed.fit()["steps"] == 15
+    with pytest.raises(CheckpointError, match="a local .*folder, not a URL"):
+        Trainer(TrainConfig(layouts.criteo, checkpoint="s3://bucket/ck", **CPU_TINY))  # type: ignore[arg-type]
