@@ -63,7 +63,7 @@ def ingested_asset(dataset: str) -> Asset:
         # No default: a form that sends every Param must not override the Variable.
         "landing_url": Param(None, type=["null", "string"], minLength=1,
                              description="Raw files of a day: {ds}, {ds_nodash}, {dataset} "
-                             "(empty: the Variable fae_landing_url, else FAE_LANDING_URL)."),
+                             "(unset: the Variable fae_landing_url, else FAE_LANDING_URL)."),
         "max_reject_fraction": Param(0.01, type="number", minimum=0, maximum=1,
                                      description="Fail a file with more bad lines than this."),
     },

@@ -27,6 +27,7 @@ from fae_data.errors import FaeError
 from fae_data.manifest import KINDS, LAYOUTS_DIR, SPLITS, Manifest, load
 from fae_data.partition import read_marker
 from fae_data.plan import ALL_HOT_NOTE
+from fae_data.plan_budget import format_bytes
 from fae_data.report_figures import (
     _bytes,
     _cdf_combined,
@@ -204,7 +205,7 @@ def _header(m: Manifest, problems: Sequence[str]) -> str:
     hif = st.get("hot_input_fraction")
     pred = st.get("predicted_hot_input_fraction")
     params = [
-        ("budget", f"{budget / 2**20:,.2f} MiB ({budget:,} B)"),
+        ("budget", f"{format_bytes(budget)} ({budget:,} B)"),
         ("embedding dim", p.get("embedding_dim")),
         ("dtype", p.get("dtype")),
         ("optimizer slots", p.get("optimizer_slots")),
@@ -276,7 +277,7 @@ def _access_section(m: Manifest, skews: Sequence[TableSkew]) -> str:
     rate = m.params.get("sampling_rate", 1.0)
     sampled = isinstance(rate, (int, float)) and rate < 1.0
     head = ["table", "vocab size", "k_t", "k_t / vocab", "top 0.1% rows", "top 1% rows",
-            "hottest row", "hot prefix coverage",
+            "hottest row's accesses", "hot prefix coverage",
             f"accesses (sampled rows, rate {rate:g})" if sampled else "accesses"]
     out.append(_table(head, rows, "skew"))
     return "\n".join(out)

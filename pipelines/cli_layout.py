@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pipelines.cli_common import AsJson, Debug, Quiet, _emit, _guarded, _progress, out
+from pipelines.cli_common import AsJson, Debug, Quiet, _emit, _guarded, _progress, err, out
 
 # --- layout ---------------------------------------------------------------------------
 
@@ -142,8 +142,13 @@ def layout(
     def human() -> None:
         st = result.manifest.stats
         out.print(f"layout [bold]{result.layout_id}[/] {result.status}: {result.manifest_path}")
+        sampling = st.get("sampling") or {}
+        coverage = (f"{st['hot_access_coverage']:.1%}" if "estimated_access_coverage" not in
+                    sampling else f"{sampling['estimated_access_coverage']:.1%} +- "
+                    f"{100 * sampling['coverage_stderr']:.2f} pts (estimated over every "
+                    f"training row; {st['hot_access_coverage']:.1%} on the sampled rows)")
         out.print(f"  hot input fraction {st['hot_input_fraction']:.1%}, access coverage "
-                  f"{st['hot_access_coverage']:.1%}, budget used {st['budget_used_bytes']:,} B")
+                  f"{coverage}, budget used {st['budget_used_bytes']:,} B")
         if st.get("all_hot"):
             out.print("  [yellow]the budget holds every row of every table: all training "
                       "rows are hot and the cold split is empty[/]")
@@ -280,6 +285,12 @@ def verify(
                            highlight=False) for c in checks],
     )
     if not ok:
+        # One error line too, on stderr: what a scheduler running `fae verify` as its
+        # check (the default FAE_TRAIN_COMMAND) takes for a refusal, not a crash to retry.
+        failed = ", ".join(c.name for c in checks if not c.ok)
+        err.print(f"[bold red]error:[/] layout {escape(m.layout_id)} failed verification: "
+                  f"{escape(failed)}",
+                  highlight=False)
         raise typer.Exit(1)
 
 

@@ -163,8 +163,8 @@ def newest_uncommitted(storage: Storage, dataset: str, names: Sequence[str]
         trailing.insert(0, names.pop())
     for n in trailing:
         log.warning("partition %r of dataset %r has no _partition.json yet (an ingest "
-                    "running now, or a first ingest that was interrupted): laid out without "
-                    "it; rerun `fae ingest` on its source or remove the folder", n, dataset)
+                    "running now, or a first ingest that was interrupted): left out; rerun "
+                    "`fae ingest` on its source or remove the folder", n, dataset)
     return names, trailing
 
 
