@@ -25,7 +25,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from fae_data.errors import FaeError, os_error_message
+from fae_data.errors import FaeError, StorageError, os_error_message
 
 # soft_wrap: a line is not broken at the console's width (80 columns when stdout is a
 # pipe or a file), so `fae demo | tee log` keeps one summary line per line. Tables still
@@ -42,21 +42,27 @@ Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.
 
 def _guarded(debug: bool, fn: Callable[[], T]) -> T:
     """Run ``fn``; turn a library error into one red line and its exit code (1; 2 for a
-    path or URL the storage backends cannot use), and Ctrl-C into one line and 130."""
+    path or URL the storage backends cannot use), and Ctrl-C into one line and 130.
+
+    Storage that could not be read or written says ``error (storage):``, as ``fae-train``
+    does: a scheduler running the command retries those, and takes ``error:`` for a
+    refusal of the input that a retry would meet again."""
     try:
         return fn()
     except FaeError as exc:
         if debug:
             raise
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        label = "error (storage)" if isinstance(exc, StorageError) else "error"
+        err.print(f"[bold red]{label}:[/] {escape(str(exc))}", highlight=False,
+                  soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except BrokenPipeError:
         raise  # stdout's reader went away: Click exits 1 without a traceback
     except OSError as exc:  # storage the library did not check: a root that is a file, ...
         if debug:
             raise
-        err.print(f"[bold red]error:[/] {escape(os_error_message(exc))}", highlight=False,
-                  soft_wrap=True)
+        err.print(f"[bold red]error (storage):[/] {escape(os_error_message(exc))}",
+                  highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err.print("[bold red]interrupted[/]: committed results are intact; rerun to finish")

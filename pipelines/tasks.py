@@ -51,13 +51,14 @@ from pipelines.tasks_layout import (
     validate_layout,
 )
 from pipelines.tasks_errors import PERMANENT_ERRORS, fail_for_good
-from pipelines.tasks_train import TrainerRefused, run_training, train_target
+from pipelines.tasks_train import TrainerRefused, newest_layout, run_training, train_target
 
 __all__ = [
     "DEFAULT_DATASETS",
     "DEFAULT_LANDING_URL",
     "DEFAULT_STORAGE_ROOT",
     "DEFAULT_TRAIN_COMMAND",
+    "DatasetConfig",
     "ENV_DATASETS",
     "ENV_LANDING_URL",
     "ENV_STORAGE_ROOT",
@@ -66,7 +67,6 @@ __all__ = [
     "LAYOUT_PARAMS",
     "LAYOUT_STREAMS",
     "PERMANENT_ERRORS",
-    "DatasetConfig",
     "TrainerRefused",
     "asset_uri",
     "clean_layouts",
@@ -82,6 +82,7 @@ __all__ = [
     "layout_event",
     "layout_params",
     "layout_report",
+    "newest_layout",
     "parse_datasets",
     "plan_layout",
     "publish_layout",

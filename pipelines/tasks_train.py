@@ -25,6 +25,7 @@ from typing import Any
 from fae_data.errors import InputError
 
 log = logging.getLogger(__name__)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _REFUSAL = re.compile(r"^(?:\[rank\d+\]:\s*)?(?:[\w.-]+: )?error: ")  # torchrun may prefix
 
 
@@ -55,7 +56,26 @@ def train_target(root: str, manifest: str | None, events: Sequence[Mapping[str, 
             dataset = extra.get("dataset")
             newest = newest_layout(root, str(dataset), not_after) if dataset else None
             return newest or str(extra["manifest"])
+    if not_after is not None:  # pinned too: LATEST's dataset, as of the run's start
+        pinned = _latest_as_of(root, not_after)
+        if pinned is not None:
+            return pinned
     return root
+
+
+def _latest_as_of(root: str, not_after: dt.datetime) -> str | None:
+    """The newest layout of ``LATEST``'s dataset created by ``not_after``: what LATEST
+    named when the run started (or the newest before, if it was pointed back since)."""
+    from fae_data import manifest as mf
+    from fae_data.errors import BackendError, FaeError
+
+    try:
+        current, _ = mf.load(root)
+    except BackendError:
+        raise
+    except FaeError:  # no LATEST yet: the trainer says so
+        return None
+    return newest_layout(root, current.dataset.name, not_after)
 
 
 def newest_layout(root: str, dataset: str, not_after: dt.datetime | None = None
@@ -67,6 +87,8 @@ def newest_layout(root: str, dataset: str, not_after: dt.datetime | None = None
     from fae_data.storage import Storage
 
     storage = Storage(root)
+    if not_after is not None and not_after.tzinfo is None:
+        not_after = not_after.replace(tzinfo=dt.timezone.utc)
     best: tuple[dt.datetime, str] | None = None
     for name in storage.listdir(mf.LAYOUTS_DIR):
         if name.startswith(".") or name == mf.LATEST:
@@ -75,7 +97,10 @@ def newest_layout(root: str, dataset: str, not_after: dt.datetime | None = None
             m = mf.from_dict(storage.read_json(mf.LAYOUTS_DIR, name, mf.MANIFEST))
         except BackendError:
             raise
-        except (FaeError, ValueError):  # no manifest (a build), or damaged: not a candidate
+        except (FaeError, ValueError) as exc:  # no manifest (a build), or damaged
+            if storage.exists(mf.LAYOUTS_DIR, name, mf.MANIFEST):
+                log.warning("layout %s is not a candidate: its manifest is damaged (%s)",
+                            name, exc)
             continue
         created = mf.created_time(m)
         if m.dataset.name != dataset or m.layout_id != name or created is None \
@@ -148,7 +173,7 @@ def run_training(
             line = line.rstrip("\n")
             log.info("trainer: %s", line)
             lines.append(line)
-            refusals += bool(_REFUSAL.match(line))
+            refusals += bool(_REFUSAL.match(_ANSI.sub("", line)))  # FORCE_COLOR styles it
             del lines[:-200]  # the tail is enough for the error message and the summary
         code = proc.wait()
     except BaseException:  # the task is being killed: never leave the trainer running

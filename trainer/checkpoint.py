@@ -23,6 +23,7 @@ import json
 import math
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,7 @@ def check_folder(folder: str | os.PathLike[str], resumed: str | None = None) -> 
     would overwrite (the root then named a checkpoint as its newest layout), and a folder
     holding the checkpoints of another run: one not ``resumed`` (the checkpoint file this
     run continues) from there, whose ``LATEST`` the new run would move back."""
-    if "://" in str(folder):
+    if re.match(r"^[A-Za-z][\w+.-]*:/", str(folder)):  # s3://x, or s3:/x as paths mangle it
         raise CheckpointError(f"--checkpoint {folder}: checkpoints go to a local (or mounted) "
                               "folder, not a URL")
     out = Path(folder)
@@ -257,6 +258,10 @@ def _malformed(data: dict[str, Any]) -> str | None:
     for key in ("config", "model_config", "schedule"):
         if not isinstance(data.get(key), dict):
             return f"{key} is a {type(data.get(key)).__name__}, not a mapping"
+    for key in ("epochs", "max_steps"):  # a resume may continue the run with them
+        value = data["config"].get(key)
+        if value is not None and (type(value) is not int or value < 1):
+            return f"its config's {key} {value!r} is not a count"
     vocab = data["vocab"]
     if not isinstance(vocab, dict) or not isinstance(vocab.get("digest"), str):
         return "its vocabulary fingerprint has no digest"

@@ -160,6 +160,10 @@ def test_train_target_and_command(tmp_path: Path) -> None:
                       "\nraise SystemExit(1)\n")
     with pytest.raises(tasks.TrainerRefused):
         tasks.run_training(f"{{python}} {script}", root="/r")
+    # FORCE_COLOR styles the line: still a refusal.
+    with pytest.raises(tasks.TrainerRefused):
+        tasks.run_training(f"{sys.executable} -c \"print('\\x1b[1;31merror:\\x1b[0m bad'); "
+                           "raise SystemExit(1)\"", root="/r")
     # Storage that could not be reached may answer next time: retried.
     with pytest.raises(RuntimeError) as storage:
         tasks.run_training(f"{sys.executable} -c \"print('error (storage): s3://x: cannot "
@@ -294,6 +298,12 @@ def test_a_queued_training_run_takes_the_newest_layout_of_its_dataset(tmp_path: 
 
     started = dt.datetime(2998, 1, 1, tzinfo=dt.timezone.utc)
     assert tasks.train_target(root, None, [event], not_after=started) == old.manifest_path
+    # A manual run (no event, no Param) is pinned as well: LATEST as of its start, so that
+    # a retry does not resume a checkpoint on a layout published in between.
+    assert tasks.train_target(root, None, []) == root
+    assert tasks.train_target(root, None, [], not_after=started) is not None
+    naive = dt.datetime(3000, 1, 1)  # direct callers may pass a naive time: UTC
+    assert tasks.newest_layout(root, "criteo", naive) == new.manifest_path
 
 
 def test_a_date_range_with_missing_days_is_warned_about(root: str, caplog) -> None:  # type: ignore[no-untyped-def]

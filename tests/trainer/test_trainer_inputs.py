@@ -531,5 +531,6 @@ def test_a_resume_continues_a_max_steps_run_to_its_end(layouts: Layouts, tmp_pat
     resumed = Trainer(TrainConfig(layouts.criteo, resume=str(Path(ck) / "ckpt-00000010.pt"),
                                   decay="linear", log_every=0, eval_batches=1, **CPU_TINY))  # type: ignore[arg-type]
     assert resumed.cfg.max_steps == 15 and resumed.fit()["steps"] == 15
-    with pytest.raises(CheckpointError, match="a local .*folder, not a URL"):
-        Trainer(TrainConfig(layouts.criteo, checkpoint="s3://bucket/ck", **CPU_TINY))  # type: ignore[arg-type]
+    for url in ("s3://bucket/ck", "s3:/bucket/ck"):  # the second: what paths make of it
+        with pytest.raises(CheckpointError, match="a local .*folder, not a URL"):
+            Trainer(TrainConfig(layouts.criteo, checkpoint=url, **CPU_TINY))  # type: ignore[arg-type]
