@@ -178,10 +178,12 @@ def resolve_inputs(storage: Storage, params: LayoutParams) -> Inputs:
     names = sorted((n for n in names if not n.startswith(".")),
                    key=lambda n: (name_order(n), n))  # d_2 and d_02: by text after value
     if not names:
+        others = [d for d in storage.listdir(INGESTED_DIR) if not d.startswith(".")
+                  and d != params.dataset]
+        hint = (f"; the root holds dataset(s) {', '.join(others)}: pass --dataset "
+                f"{others[0]}" if others else "; run `fae ingest` first")
         raise InputError(
-            f"{storage.display(INGESTED_DIR, params.dataset)}: no ingested partitions; run "
-            "`fae ingest` first"
-        )
+            f"{storage.display(INGESTED_DIR, params.dataset)}: no ingested partitions{hint}")
     if not params.partitions:
         names, _ = newest_uncommitted(storage, params.dataset, names)
     markers = {}

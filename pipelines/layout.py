@@ -225,10 +225,12 @@ def split_notes(manifest: mf.Manifest) -> list[str]:
     notes = []
     for name in ("val", "test"):
         if not any(rows for key, rows in by.items() if key.startswith(f"{name}/")):
-            parts = ", ".join(split.get(name) or []) or "(none)"
-            notes.append(f"layout {manifest.layout_id}: the {name} split is empty (partitions "
-                         f"{parts} gave no {name} rows); training will report no {name} "
-                         "metrics. Give other partitions with --val/--test, or more data")
+            given = split.get(name) or []
+            why = (f"partitions {', '.join(given)} gave no {name} rows" if given else
+                   f"no --{name} partitions were given")
+            notes.append(f"layout {manifest.layout_id}: the {name} split is empty ({why}); "
+                         f"training will report no {name} metrics. Give other partitions "
+                         "with --val/--test, or more data")
     return notes
 
 

@@ -360,6 +360,9 @@ def test_missing_partition_and_no_partitions(tmp_path, synthetic_days):
     run_ingest([str(f) for f in synthetic_days], str(tmp_path / "r"), IngestParams("criteo"))
     with pytest.raises(InputError, match="day_9.*missing"):
         run_layout(str(tmp_path / "r"), LayoutParams(partitions=("day_0", "day_9")))
+    # Another dataset's name: the error says which datasets the root holds.
+    with pytest.raises(InputError, match="holds dataset\\(s\\) criteo: pass --dataset criteo"):
+        run_layout(str(tmp_path / "r"), LayoutParams(dataset="taobao"))
     with pytest.raises(InputError, match="at least 2 partitions"):
         run_layout(str(tmp_path / "r"), LayoutParams(partitions=("day_0",)))
 
@@ -955,6 +958,10 @@ def test_an_empty_evaluation_split_is_warned_about(tmp_path, synthetic_days, cap
     assert result.manifest.stats["rows_by_split_and_kind"].get("val/all", 0) == 0
     [note] = [n for n in result.notes if "split is empty" in n]
     assert "the val split is empty (partitions day_9 gave no val rows)" in note
+    only_val = run_layout(str(root), LayoutParams(budget="64KiB", batch_size=128,
+                                                  val=["day_2"]))
+    [no_test] = [n for n in only_val.notes if "split is empty" in n]
+    assert "the test split is empty (no --test partitions were given)" in no_test
     assert note in caplog.text
     again = run_layout(str(root), LayoutParams(budget="64KiB", batch_size=128))
     assert again.status == "unchanged" and note in again.notes  # said again on a rerun

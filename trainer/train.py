@@ -167,6 +167,10 @@ class Trainer:
         if config.placement == "fae" and (over := hot_budget_overrun(m, config.optimizer)) \
                 and self.is_main:
             log.warning(over)
+        if config.cuda_graphs and sch.lists and self.is_main:
+            log.warning("layout %s has list columns, whose lengths vary per minibatch: "
+                        "--cuda-graphs records none of its steps (they run eagerly)",
+                        m.layout_id)
         if not sch.dense and config.bottom_mlp is not None and self.is_main:
             log.warning("layout %s has no dense features, so the model has no bottom MLP: "
                         "--bottom-mlp is ignored", m.layout_id)

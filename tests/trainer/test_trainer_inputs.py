@@ -534,3 +534,10 @@ def test_a_resume_continues_a_max_steps_run_to_its_end(layouts: Layouts, tmp_pat
     for url in ("s3://bucket/ck", "s3:/bucket/ck"):  # the second: what paths make of it
         with pytest.raises(CheckpointError, match="a local .*folder, not a URL"):
             Trainer(TrainConfig(layouts.criteo, checkpoint=url, **CPU_TINY))  # type: ignore[arg-type]
+
+
+def test_cuda_graphs_on_a_layout_with_lists_says_it_records_nothing(layouts: Layouts,
+                                                                     caplog) -> None:  # type: ignore[no-untyped-def]
+    Trainer(TrainConfig(layouts.lists, cuda_graphs=True, **CPU_TINY))  # type: ignore[arg-type]
+    assert any("--cuda-graphs records none of its steps" in r.getMessage()
+               for r in caplog.records)
