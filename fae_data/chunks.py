@@ -13,7 +13,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fae_data.errors import StorageError
+from fae_data.errors import StorageError, first_line
 from fae_data.storage import Storage
 
 
@@ -58,14 +58,8 @@ def _chunks(
         # A missing, truncated or foreign file: name it, no traceback from the reader.
         # (Polars reports a missing column as ColumnNotFoundError, also a PolarsError.)
         raise StorageError(
-            f"{storage.display(path)}: not a readable Parquet file ({_first_line(exc)})"
+            f"{storage.display(path)}: not a readable Parquet file ({first_line(exc)})"
         ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    """The reader's own message without its context stack (Polars appends one)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _local_chunks(path: str, rows: int, columns: Sequence[str] | None) -> Iterator[pl.DataFrame]:

@@ -44,6 +44,13 @@ class BackendError(StorageError):
     exit_code = 2
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's own message without what follows its first line (Polars appends a
+    context stack, torch a page of advice), or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def os_error_message(exc: OSError) -> str:
     """One line for an operating-system error the library did not anticipate (a storage
     root that is a file, a full disk, a missing permission): the path first, as the

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from fae_data.errors import ManifestError, os_error_message
+from fae_data.errors import ManifestError, first_line, os_error_message
 from trainer.data import LayoutReader
 from trainer.errors import CheckpointError, CheckpointWriteError
 
@@ -104,8 +104,7 @@ def save(folder: str | os.PathLike[str], step: int, payload: dict[str, Any]) -> 
         for junk in (tmp, latest_tmp):
             with contextlib.suppress(OSError):  # on a read-only disk, unlinking fails too
                 junk.unlink(missing_ok=True)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        reason = os_error_message(exc) if isinstance(exc, OSError) else first
+        reason = os_error_message(exc) if isinstance(exc, OSError) else first_line(exc)
         raise CheckpointWriteError(
             f"{final}: could not be saved ({reason}); "
             + (f"the last checkpoint, {out / previous}, is intact" if previous
@@ -232,7 +231,7 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"({_unpickler_reason(exc)}); checkpoints are read with weights_only=True, "
             "never unpickled") from None
     except Exception as exc:  # noqa: BLE001 - any other failure means "not a checkpoint"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise CheckpointError(f"{p}: not a readable trainer checkpoint ({first})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from fae_data.errors import ManifestError
+from fae_data.errors import ManifestError, first_line
 from fae_data.manifest import Manifest, load
 from fae_data.storage import Storage
 from fae_data.verify import shard_problem
@@ -253,7 +253,7 @@ class LayoutReader:
         try:
             table = files.get(shard.path).read_row_group(ref.group, columns=self.schema.columns)
         except (pa.ArrowException, OSError) as exc:  # changed since it was verified
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             raise TrainerError(
                 f"{self.store.display(shard.path)} row group {ref.group}: unreadable ({first}); "
                 "the shard changed after the layout was verified at start: run `fae verify` "

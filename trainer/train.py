@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fae_data.errors import first_line
 from fae_data.manifest import Manifest
 from trainer import checkpoint as ckpt_io
 from trainer import distributed as dp
@@ -651,7 +652,7 @@ def _named_damage(path: str | None) -> Iterator[None]:
         raise
     except (TrainerError, KeyError, TypeError, ValueError, IndexError, AttributeError,
             RuntimeError, ZeroDivisionError, OverflowError) as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        first = first_line(exc)[:200]
         raise CheckpointError(f"{path}: a damaged checkpoint ({type(exc).__name__}: {first}); "
                               "resume from another checkpoint") from None
 
