@@ -179,8 +179,9 @@ def table_specs(vocabs: Vocabs, params: LayoutParams) -> list[TableSpec]:
 @dataclass
 class PlanSample:
     """A seeded sample of training rows, independent of the counting sample: per table the
-    largest id of every row (:attr:`maxima`), and, for the chosen hot rows, every row's
-    lookups and hot lookups (:attr:`lookups`, :attr:`hot_lookups`)."""
+    largest id of every row (:attr:`maxima`), and, when hot rows were given (a sampled
+    profile's), every row's lookups and hot lookups (:attr:`lookups`, :attr:`hot_lookups`;
+    empty otherwise)."""
 
     maxima: dict[str, np.ndarray]
     lookups: np.ndarray
@@ -189,11 +190,11 @@ class PlanSample:
 
     @property
     def rows(self) -> int:
-        return len(self.lookups)
+        return len(next(iter(self.maxima.values()))) if self.maxima else 0
 
 
 def plan_sample(storage: Storage, inputs: Inputs, vocabs: Vocabs, seed: int,
-                hot_rows: Mapping[str, int]) -> PlanSample:
+                hot_rows: Mapping[str, int] | None = None) -> PlanSample:
     """Sample about :data:`_PLAN_SAMPLE_ROWS` training rows (all of them when fewer).
 
     A row is hot under k iff, for every table, its largest id is below k_t; the planner
@@ -224,9 +225,10 @@ def plan_sample(storage: Storage, inputs: Inputs, vocabs: Vocabs, seed: int,
             ids, _ = encode_ids(sampled, sparse, encoders, zero_k)
             for t, row_max in _row_maxima(ids, sparse).items():
                 maxima[t].append(row_max)
-            n, hot = _row_lookups(ids, sparse, hot_rows)
-            lookups.append(n)
-            hot_lookups.append(hot)
+            if hot_rows is not None:
+                n, hot = _row_lookups(ids, sparse, hot_rows)
+                lookups.append(n)
+                hot_lookups.append(hot)
 
     def cat(arrays: list[np.ndarray], dtype: type) -> np.ndarray:
         return np.concatenate(arrays) if arrays else np.zeros(0, dtype)
@@ -265,7 +267,7 @@ def estimated_coverage(sample: PlanSample) -> tuple[float, float]:
     would be several times too small. With a finite-population correction: a sample of
     every row has no error.
     """
-    n = sample.rows
+    n = len(sample.lookups)
     total = float(sample.lookups.sum())
     if n == 0 or total == 0:
         return 0.0, 0.0
@@ -365,7 +367,9 @@ def run_plan(
         notes.append(why)
     for note in notes:
         log.warning("%s", note)
-    sample = plan_sample(storage, inputs, vocabs, params.seed, plan.hot_rows)
+    # Lookups per row only for a sampled profile: they estimate its coverage.
+    sample = plan_sample(storage, inputs, vocabs, params.seed,
+                         plan.hot_rows if params.sampling_rate < 1.0 else None)
     n = sample.rows
     predicted = hot_fraction(sample, plan.hot_rows)
     points: list[dict[str, Any]] = []
