@@ -152,12 +152,12 @@ def layout_columns(kind: str) -> LayoutColumns:
 
 def newest_uncommitted(storage: Storage, dataset: str, names: Sequence[str]
                        ) -> tuple[list[str], list[str]]:
-    """Split ``names`` (in partition order) into those to lay out and the newest ones
+    """Split ``names``, in partition order, into those to lay out and the newest ones
     without ``_partition.json``: days being ingested now, or whose first ingest was
     killed. They do not exist yet, and leaving them out lays out what was there before
     they arrived (the same split). A partition without its marker *before* a committed
     one is not left out: that is damage, and the layout refuses it with the remedy."""
-    names = list(names)
+    names = sorted(names, key=lambda n: (name_order(n), n))  # day_2 before day_10
     trailing: list[str] = []
     while names and read_marker(storage, dataset, names[-1]) is None:
         trailing.insert(0, names.pop())

@@ -94,7 +94,6 @@ def validate_layout(
     """
     from fae_data.partition import INGESTED_DIR
     from fae_data.storage import Storage
-    from fae_data.partition import name_order
     from pipelines.inputs import newest_uncommitted
     from pipelines.layout import compute_layout_id, existing_layout, resolve_inputs
     from pipelines.publish import missing_files
@@ -128,8 +127,7 @@ def validate_layout(
         # Days being ingested now (no _partition.json yet, the newest of all) are not
         # pinned: the run lays out what is committed, as `fae layout` does. Found over
         # every partition, before the range: one missing inside a range is damage.
-        every, _ = newest_uncommitted(storage, request["dataset"],
-                                      sorted(every, key=lambda n: (name_order(n), n)))
+        every, _ = newest_uncommitted(storage, request["dataset"], every)
         names = [n for n in every if _in_range(n, start, end)]
         if not names:
             raise InputError(
